@@ -1,0 +1,184 @@
+"""Loader for raw Amazon Reviews 2018 files, with the MiniOneRec preprocessing.
+
+Input: a directory with one reviews file (``*.json.gz`` or ``*.json``, one JSON object per line
+with ``reviewerID``, ``asin``, ``unixReviewTime``) and one metadata file whose name starts with
+``meta_`` (``asin``, ``title``, ``description``, ``brand``, ``category``).
+
+Steps, in order:
+1. metadata: titles are cleaned (HTML tags and entities removed, whitespace collapsed); items with
+   no title or a title longer than ``max_title_chars`` are dropped;
+2. reviews: keep those of kept items inside ``[start_time, end_time)``; exact duplicate
+   ``(user, item, time)`` rows are dropped;
+3. iterative k-core on users and items (``k_core``, 5 by default) until stable;
+4. each user's interactions sorted by time (ties keep file order);
+5. one sample per position ≥ 1 (history = up to ``max_history`` previous items);
+6. all samples sorted by their target's time and split chronologically ``split_ratio`` (8:1:1).
+"""
+
+from __future__ import annotations
+
+import gzip
+import html
+import json
+import re
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+from components.data.dataset import DataError, Dataset, Split
+
+TAG_RE = re.compile(r"<[^>]+>")
+
+
+def parse_date(value: str | None) -> int | None:
+    """``YYYY-MM`` or ``YYYY-MM-DD`` → unix seconds (UTC)."""
+    if value is None:
+        return None
+    for fmt in ("%Y-%m-%d", "%Y-%m"):
+        try:
+            return int(datetime.strptime(value, fmt).replace(tzinfo=timezone.utc).timestamp())
+        except ValueError:
+            continue
+    raise DataError(f"date {value!r} is not YYYY-MM or YYYY-MM-DD")
+
+
+def _open(path: Path):
+    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
+
+
+def iter_json_lines(path: Path) -> Iterator[tuple[int, dict]]:
+    try:
+        f = _open(path)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    with f:
+        try:
+            for lineno, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
+                if not isinstance(obj, dict):
+                    raise DataError(f"{path}:{lineno}: expected a JSON object")
+                yield lineno, obj
+        except (OSError, EOFError) as e:  # truncated or corrupt gzip
+            raise DataError(f"{path}: cannot read ({e})") from None
+
+
+def clean_text(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        value = " ".join(clean_text(v) for v in value)
+    text = html.unescape(TAG_RE.sub(" ", str(value)))
+    return " ".join(text.split())
+
+
+def _find_files(d: Path) -> tuple[Path, Path]:
+    files = [p for p in sorted(d.iterdir()) if p.is_file() and (p.name.endswith(".json.gz") or p.name.endswith(".json"))]
+    meta = [p for p in files if p.name.startswith("meta_")]
+    reviews = [p for p in files if not p.name.startswith("meta_")]
+    if len(meta) != 1 or len(reviews) != 1:
+        raise DataError(f"{d}: expected one reviews file and one meta_* file (*.json or *.json.gz), found {[p.name for p in files]}")
+    return reviews[0], meta[0]
+
+
+def k_core(rows: list[tuple[str, str, int]], k: int) -> list[tuple[str, str, int]]:
+    while True:
+        uc = Counter(u for u, _, _ in rows)
+        ic = Counter(i for _, i, _ in rows)
+        kept = [r for r in rows if uc[r[0]] >= k and ic[r[1]] >= k]
+        if len(kept) == len(rows):
+            return kept
+        rows = kept
+
+
+def load_amazon2018(
+    directory: str | Path,
+    name: str | None = None,
+    max_history: int = 10,
+    k: int = 5,
+    start_time: str | None = None,
+    end_time: str | None = None,
+    max_title_chars: int = 300,
+    split_ratio: tuple[float, float, float] = (0.8, 0.1, 0.1),
+) -> Dataset:
+    d = Path(directory)
+    if not d.is_dir():
+        raise DataError(f"{d}: not a directory")
+    if abs(sum(split_ratio) - 1.0) > 1e-6 or min(split_ratio) < 0:
+        raise DataError(f"split_ratio {split_ratio} must be non-negative and sum to 1")
+    reviews_path, meta_path = _find_files(d)
+    t0, t1 = parse_date(start_time), parse_date(end_time)
+
+    meta: dict[str, dict[str, str]] = {}
+    for lineno, obj in iter_json_lines(meta_path):
+        asin = obj.get("asin")
+        if not asin:
+            raise DataError(f"{meta_path}:{lineno}: record without 'asin'")
+        title = clean_text(obj.get("title"))
+        if not title or len(title) > max_title_chars:
+            continue
+        meta[str(asin)] = {
+            "title": title,
+            "description": clean_text(obj.get("description")),
+            "brand": clean_text(obj.get("brand")),
+            "categories": clean_text(obj.get("category") or obj.get("categories")),
+        }
+
+    rows: list[tuple[str, str, int]] = []
+    seen: set[tuple[str, str, int]] = set()
+    for lineno, obj in iter_json_lines(reviews_path):
+        try:
+            user, item, ts = str(obj["reviewerID"]), str(obj["asin"]), int(obj["unixReviewTime"])
+        except (KeyError, TypeError, ValueError):
+            raise DataError(f"{reviews_path}:{lineno}: needs reviewerID, asin and an integer unixReviewTime") from None
+        if item not in meta or (t0 is not None and ts < t0) or (t1 is not None and ts >= t1):
+            continue
+        key = (user, item, ts)
+        if key in seen:
+            continue
+        seen.add(key)
+        rows.append(key)
+    rows = k_core(rows, k)
+    if not rows:
+        raise DataError(f"{d}: no interactions left after title filtering, time window and {k}-core")
+
+    item_ids = sorted({i for _, i, _ in rows})
+    item_index = {iid: n for n, iid in enumerate(item_ids)}
+    per_user: dict[str, list[tuple[int, int, int]]] = {}
+    for order, (u, i, ts) in enumerate(rows):
+        per_user.setdefault(u, []).append((ts, order, item_index[i]))
+    user_ids = list(per_user)
+    sequences, times = [], []
+    for u in user_ids:
+        events = sorted(per_user[u])
+        sequences.append([e[2] for e in events])
+        times.append([e[0] for e in events])
+
+    samples = [(times[u][pos], u, pos) for u in range(len(user_ids)) for pos in range(1, len(sequences[u]))]
+    samples.sort(key=lambda s: s[0])  # stable: ties keep user order
+    n = len(samples)
+    n_train = int(round(n * split_ratio[0]))
+    n_valid = int(round(n * split_ratio[1]))
+    parts = {"train": samples[:n_train], "valid": samples[n_train : n_train + n_valid], "test": samples[n_train + n_valid :]}
+    splits = {}
+    for s, part in parts.items():
+        users = [u for _, u, _ in part]
+        hist = [sequences[u][max(0, pos - max_history) : pos] for _, u, pos in part]
+        targets = [sequences[u][pos] for _, u, pos in part]
+        splits[s] = Split.from_lists(users, hist, targets, max_history)
+    return Dataset(
+        name=name or reviews_path.name.split(".")[0],
+        item_ids=item_ids,
+        item_text=[meta[i] for i in item_ids],
+        user_ids=user_ids,
+        sequences=sequences,
+        splits=splits,
+        max_history=max_history,
+        text_fields=["title", "description", "brand", "categories"],
+        source={"format": "amazon2018", "path": str(d), "k_core": k, "start_time": start_time, "end_time": end_time},
+    )

@@ -1,0 +1,71 @@
+"""``genrec data fetch|stats`` and ``genrec prepare``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from components.data import CATALOG, Dataset, fetch, load_dataset
+from components.data.fetch import fetch_local
+from components.data.stats import dataset_stats, format_stats
+from components.registry.store import atomic_write_text
+
+
+def register(sub) -> None:
+    data = sub.add_parser("data", help="fetch raw data, print dataset statistics")
+    dsub = data.add_subparsers(dest="data_command", metavar="ACTION")
+    dsub.required = True
+
+    f = dsub.add_parser("fetch", help="place a catalog dataset's raw files under data/raw/NAME")
+    f.add_argument("name", nargs="?", default=None, help="catalog name (default: data.dataset param)")
+    f.add_argument("--dest", default="data/raw", help="raw data root (default: data/raw)")
+    f.add_argument("--mirror", default=None, help="local mirror directory (default: env GENREC_DATA_MIRROR)")
+    f.add_argument("--url", default=None, help="download base URL instead of the catalog's")
+    f.add_argument("--force", action="store_true", help="fetch again even if verified files are present")
+    f.set_defaults(func=cmd_fetch)
+
+    s = dsub.add_parser("stats", help="users, items, interactions, sparsity, head/tail shares, history lengths")
+    s.add_argument("ref", nargs="?", default=None, help="dataset artifact (default: dataset/<data.dataset>@latest)")
+    s.add_argument("--out", default=None, help="also write the statistics as JSON (a DVC metric)")
+    s.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("prepare", help="load the raw dataset (data: params) and write a dataset artifact")
+    p.add_argument("--raw", default="data/raw", help="raw data root (default: data/raw)")
+    p.add_argument("--stats-out", default=None, help="write dataset statistics JSON here (a DVC metric)")
+    p.set_defaults(func=cmd_prepare)
+
+
+def cmd_fetch(args, ctx) -> int:
+    name = args.name or ctx.params.data.dataset
+    if name not in CATALOG and ctx.params.data.path:
+        dest = fetch_local(name, ctx.params.data.path, args.dest)
+    else:
+        dest = fetch(name, args.dest, mirror=args.mirror, url=args.url, force=args.force)
+    print(f"{name}: raw files verified in {dest}")
+    return 0
+
+
+def _write_json(path: str, obj) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(path), json.dumps(obj, indent=2) + "\n")
+
+
+def cmd_stats(args, ctx) -> int:
+    ref = args.ref or f"dataset/{ctx.params.data.dataset}@latest"
+    ds = Dataset.from_artifact(ctx.registry.load(ref))
+    stats = dataset_stats(ds)
+    print(format_stats(stats))
+    if args.out:
+        _write_json(args.out, stats)
+    return 0
+
+
+def cmd_prepare(args, ctx) -> int:
+    params = ctx.params
+    ds = load_dataset(params.data, raw_root=args.raw)
+    art = ds.save(ctx.registry, params={"data": params.data.model_dump(mode="json")})
+    print(f"wrote {art.ref}: {ds.n_items:,} items, {ds.n_users:,} users, "
+          + " / ".join(f"{k} {len(v):,}" for k, v in ds.splits.items()) + " samples")
+    if args.stats_out:
+        _write_json(args.stats_out, dataset_stats(ds))
+    return 0
