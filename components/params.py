@@ -48,8 +48,8 @@ class Params(Section):
     """All of ``params.yaml``."""
 
     seed: int = Field(2024, description="global random seed")
-    data: DataParams = Field(default_factory=DataParams)
-    registry: RegistryParams = Field(default_factory=RegistryParams)
+    data: DataParams = Field(default_factory=DataParams, description="dataset and its preparation")
+    registry: RegistryParams = Field(default_factory=RegistryParams, description="artifacts registry")
 
 
 class ParamsError(ValueError):
