@@ -1,0 +1,274 @@
+"""Dual-path similar-user retrieval (GenPlugin §3.3) and its ``retrieval-index`` artifact.
+
+For a query user (or a raw history):
+
+1. **content path**: BM25 over user pseudo-documents (:mod:`components.retrieval.bm25`), top ``z``;
+2. **collaborative path**: cosine over user vectors in faiss (:mod:`components.retrieval.vectors`), top ``z``;
+3. **merge and re-rank**: the ≤ 2z candidates are re-ranked by cosine between the query's and the
+   candidates' vectors in the re-rank space (GenPlugin uses its ID-view user representation; until a
+   generator provides one, the collaborative user vectors are used). Users found by *both* paths are
+   always kept (they come first, by cosine); the rest fill up to ``v`` by cosine.
+
+Exclusions: the query user itself, and (``exclude_item``) every user whose indexed history holds
+that item, so that a training sample's target cannot leak in through a neighbour. Only training
+interactions are indexed, so valid/test targets are never visible.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Hashable, Sequence
+
+import numpy as np
+
+from components.registry import Artifact, ArtifactCorrupted, ArtifactIncompatible, Registry
+from components.retrieval import vectors as vec
+from components.retrieval.bm25 import SparseBM25, item_tokens, user_documents
+
+PATHS = ("bm25", "cf", "both")
+
+
+class RetrievalError(ValueError):
+    """Bad retrieval request (unknown user, empty history, z/v out of range)."""
+
+
+@dataclass(frozen=True)
+class Neighbor:
+    user: int
+    score: float  # cosine in the re-rank space
+    path: str  # "bm25", "cf" or "both"
+
+
+def _top(scores: np.ndarray, k: int, banned: np.ndarray) -> np.ndarray:
+    s = scores.astype(np.float64, copy=True)
+    s[banned] = -np.inf
+    k = min(k, int(np.isfinite(s).sum()))
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64)
+    idx = np.argpartition(-s, k - 1)[:k]
+    return idx[np.argsort(-s[idx], kind="stable")]
+
+
+class UserRetriever:
+    def __init__(
+        self,
+        bm25: SparseBM25,
+        user_vectors: np.ndarray,
+        item_vectors: np.ndarray,
+        train_histories: Sequence[Sequence[int]],
+        item_tokens_: Sequence[list[str]],
+        user_ids: Sequence[str],
+        dataset_ref: str = "",
+        index_kind: str = "flat",
+        rerank_vectors: np.ndarray | None = None,
+        faiss_blob: np.ndarray | None = None,
+        index_params: dict[str, Any] | None = None,
+    ):
+        n = len(user_ids)
+        if bm25.n_docs != n or len(user_vectors) != n or len(train_histories) != n:
+            raise ArtifactIncompatible(f"retrieval parts disagree: {bm25.n_docs} docs, {len(user_vectors)} vectors, {n} users")
+        self.bm25 = bm25
+        self.user_vectors = vec.normalize(user_vectors)
+        self.item_vectors = vec.normalize(item_vectors)
+        self.rerank_vectors = vec.normalize(rerank_vectors) if rerank_vectors is not None else self.user_vectors
+        self.train_histories = [list(map(int, h)) for h in train_histories]
+        self.item_tokens = list(item_tokens_)
+        self.user_ids = list(user_ids)
+        self.user_index = {u: i for i, u in enumerate(self.user_ids)}
+        self.dataset_ref = dataset_ref
+        self.index_kind = index_kind
+        self.index_params = index_params or {}
+        self.faiss = vec.deserialize(faiss_blob) if faiss_blob is not None else vec.build_faiss(self.user_vectors, index_kind, **self.index_params)
+        # item -> users whose indexed history holds it (CSR), for leakage exclusion
+        pairs = sorted({(i, u) for u, h in enumerate(self.train_histories) for i in h})
+        items = np.fromiter((p[0] for p in pairs), dtype=np.int64, count=len(pairs))
+        self._holders_users = np.fromiter((p[1] for p in pairs), dtype=np.int64, count=len(pairs))
+        self._holders_ptr = np.searchsorted(items, np.arange(len(self.item_vectors) + 1))
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    def holders(self, item: int) -> np.ndarray:
+        return self._holders_users[self._holders_ptr[item] : self._holders_ptr[item + 1]]
+
+    # ---- build --------------------------------------------------------------------------------
+    @classmethod
+    def build(
+        cls,
+        dataset,
+        item_vectors: np.ndarray,
+        fields: Sequence[str] = ("title", "brand", "categories"),
+        user_vectors: np.ndarray | None = None,
+        index_kind: str = "flat",
+        k1: float = 1.5,
+        b: float = 0.75,
+        dataset_ref: str = "",
+        index_params: dict[str, Any] | None = None,
+    ) -> "UserRetriever":
+        """Index a :class:`~components.data.Dataset`'s training histories. ``item_vectors`` (one
+        row per item) define the default user vectors (mean of history items)."""
+        if item_vectors.shape[0] != dataset.n_items:
+            raise ArtifactIncompatible(f"{item_vectors.shape[0]} item vectors for {dataset.n_items} items")
+        histories = dataset.train_sequences()
+        toks = item_tokens(dataset.item_text, fields)
+        bm25 = SparseBM25.fit(user_documents(histories, toks), k1=k1, b=b)
+        uv = user_vectors if user_vectors is not None else vec.mean_item_vectors(histories, item_vectors)
+        return cls(bm25, uv, item_vectors, histories, toks, dataset.user_ids, dataset_ref, index_kind, index_params=index_params)
+
+    # ---- query --------------------------------------------------------------------------------
+    def _query(self, user: int | str | None, history: Sequence[int] | None) -> tuple[int | None, list[str], np.ndarray, np.ndarray]:
+        if (user is None) == (history is None):
+            raise RetrievalError("give exactly one of user or history")
+        if user is not None:
+            u = self.user_index.get(user) if isinstance(user, str) else user
+            if u is None or not 0 <= u < self.n_users:
+                raise RetrievalError(f"unknown user {user!r}")
+            hist = self.train_histories[u]
+            if not hist:
+                raise RetrievalError(f"user {self.user_ids[u]!r} has an empty training history")
+            return u, [t for i in hist for t in self.item_tokens[i]], self.user_vectors[u], self.rerank_vectors[u]
+        hist = [int(i) for i in history]
+        if not hist:
+            raise RetrievalError("empty history")
+        bad = [i for i in hist if not 0 <= i < len(self.item_vectors)]
+        if bad:
+            raise RetrievalError(f"unknown item indices in history: {bad[:10]}")
+        q = vec.normalize(self.item_vectors[hist].mean(axis=0, keepdims=True))[0]
+        return None, [t for i in hist for t in self.item_tokens[i]], q, q
+
+    def _check_zv(self, z: int, v: int) -> None:
+        if z < 1 or v < 1:
+            raise RetrievalError(f"z and v must be ≥ 1 (got z={z}, v={v})")
+        if z >= self.n_users or v >= self.n_users:
+            raise RetrievalError(f"z={z} and v={v} must be smaller than the {self.n_users} indexed users")
+
+    def banned(self, u: int | None, exclude_item: int | None) -> np.ndarray:
+        mask = np.zeros(self.n_users, dtype=bool)
+        if u is not None:
+            mask[u] = True
+        if exclude_item is not None:
+            mask[self.holders(int(exclude_item))] = True
+        return mask
+
+    def bm25_top(self, tokens: list[str], z: int, banned: np.ndarray) -> np.ndarray:
+        return _top(self.bm25.scores(tokens), z, banned)
+
+    def cf_top(self, qvec: np.ndarray, z: int, banned: np.ndarray) -> np.ndarray:
+        want = z + int(banned.sum())
+        _, idx = self.faiss.search(qvec[None, :].astype(np.float32), min(want, self.n_users))
+        idx = idx[0]
+        idx = idx[(idx >= 0)]
+        return idx[~banned[idx]][:z].astype(np.int64)
+
+    def similar_users(
+        self,
+        user: int | str | None = None,
+        history: Sequence[int] | None = None,
+        z: int = 20,
+        v: int = 10,
+        exclude_item: int | None = None,
+    ) -> list[Neighbor]:
+        self._check_zv(z, v)
+        u, tokens, qvec, rvec = self._query(user, history)
+        banned = self.banned(u, exclude_item)
+        a = self.bm25_top(tokens, z, banned)
+        c = self.cf_top(qvec, z, banned)
+        both = set(a.tolist()) & set(c.tolist())
+        cands = np.array(sorted(set(a.tolist()) | set(c.tolist())), dtype=np.int64)
+        if cands.size == 0:
+            return []
+        cos = self.rerank_vectors[cands] @ rvec
+        in_a, in_c = set(a.tolist()), set(c.tolist())
+        order = sorted(range(len(cands)), key=lambda k: (int(cands[k]) not in both, -cos[k], int(cands[k])))
+        out = []
+        for k in order[:v]:
+            cu = int(cands[k])
+            path = "both" if cu in both else ("bm25" if cu in in_a else "cf")
+            out.append(Neighbor(cu, float(cos[k]), path))
+        return out
+
+    # ---- artifact -----------------------------------------------------------------------------
+    def save(self, registry: Registry, name: str, parents: list, params: dict[str, Any]) -> Artifact:
+        offsets = np.zeros(self.n_users + 1, dtype=np.int64)
+        offsets[1:] = np.cumsum([len(h) for h in self.train_histories])
+        flat = np.fromiter((i for h in self.train_histories for i in h), dtype=np.int64, count=int(offsets[-1]))
+        with registry.create("retrieval-index", name, parents=parents, params=params) as w:
+            w.write_npz(
+                "index.npz",
+                **self.bm25.to_arrays(),
+                user_vectors=self.user_vectors,
+                rerank_vectors=self.rerank_vectors,
+                item_vectors=self.item_vectors,
+                hist_offsets=offsets,
+                hist_items=flat,
+                faiss=vec.serialize(self.faiss),
+            )
+            vocab = [t for t, _ in sorted(self.bm25.vocab.items(), key=lambda kv: kv[1])]
+            w.write_json(
+                "retrieval.json",
+                {
+                    "user_ids": self.user_ids,
+                    "vocab": vocab,
+                    "item_tokens": self.item_tokens,
+                    "dataset": self.dataset_ref,
+                    "index_kind": self.index_kind,
+                    "index_params": self.index_params,
+                },
+            )
+            w.meta.update({"dataset": self.dataset_ref, "n_users": self.n_users, "vocab": len(vocab), "index_kind": self.index_kind})
+        return w.artifact
+
+    @classmethod
+    def from_artifact(cls, art: Artifact, dataset_ref: str | None = None) -> "UserRetriever":
+        if art.kind != "retrieval-index":
+            raise ArtifactCorrupted(f"{art.ref} is a {art.kind!r} artifact, not a retrieval-index")
+        info = art.load_json("retrieval.json")
+        if dataset_ref and info["dataset"] and info["dataset"] != dataset_ref:
+            raise ArtifactIncompatible(f"retrieval index {art.ref} was built from {info['dataset']}, not {dataset_ref}")
+        arr = art.load_numpy("index.npz")
+        off, flat = arr["hist_offsets"], arr["hist_items"]
+        histories = [flat[off[u] : off[u + 1]].tolist() for u in range(len(off) - 1)]
+        return cls(
+            SparseBM25.from_arrays(arr, info["vocab"]),
+            arr["user_vectors"],
+            arr["item_vectors"],
+            histories,
+            info["item_tokens"],
+            info["user_ids"],
+            info["dataset"],
+            info["index_kind"],
+            rerank_vectors=arr["rerank_vectors"],
+            faiss_blob=arr["faiss"],
+            index_params=info.get("index_params"),
+        )
+
+
+class RepresentationCache:
+    """LRU cache of users' preference representations, keyed by user, valid for one model artifact:
+    asking with another model ref empties it (the representations came from the old model)."""
+
+    def __init__(self, capacity: int = 100_000):
+        self.capacity = capacity
+        self.model_ref: str | None = None
+        self._data: OrderedDict[Hashable, np.ndarray] = OrderedDict()
+        self.hits = self.misses = 0
+
+    def get(self, model_ref: str, key: Hashable, compute) -> np.ndarray:
+        if model_ref != self.model_ref:
+            self._data.clear()
+            self.model_ref = model_ref
+        if key in self._data:
+            self.hits += 1
+            self._data.move_to_end(key)
+            return self._data[key]
+        self.misses += 1
+        value = compute()
+        self._data[key] = value
+        if len(self._data) > self.capacity:
+            self._data.popitem(last=False)
+        return value
+
+    def __len__(self) -> int:
+        return len(self._data)
