@@ -1,0 +1,124 @@
+"""The shared ``grpc.aio`` server runner every component service uses.
+
+- standard health service (``grpc.health.v1``) and server reflection;
+- graceful shutdown on SIGTERM/SIGINT (in-flight calls get ``grace_s`` seconds);
+- :func:`unary` wraps a servicer method: the synchronous core call runs in a worker thread (torch
+  and numpy never block the event loop), the client's deadline is honoured, and exceptions map to
+  status codes: bad input → INVALID_ARGUMENT, unknown artifact → NOT_FOUND, incompatible
+  artifacts → FAILED_PRECONDITION, a dependency down → UNAVAILABLE, anything else → INTERNAL
+  (logged). The server keeps serving after each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import signal
+from typing import Any, Callable, Iterable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from components.registry import ArtifactCorrupted, ArtifactIncompatible, ArtifactNotFound
+
+log = logging.getLogger("genrec.serving")
+
+
+class Unavailable(RuntimeError):
+    """A service this one depends on cannot be reached."""
+
+
+class DeadlineExceeded(RuntimeError):
+    pass
+
+
+def status_for(exc: BaseException) -> grpc.StatusCode:
+    if isinstance(exc, ArtifactNotFound):
+        return grpc.StatusCode.NOT_FOUND
+    if isinstance(exc, (ArtifactIncompatible, ArtifactCorrupted)):
+        return grpc.StatusCode.FAILED_PRECONDITION
+    if isinstance(exc, Unavailable):
+        return grpc.StatusCode.UNAVAILABLE
+    if isinstance(exc, (DeadlineExceeded, asyncio.TimeoutError)):
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    if isinstance(exc, (ValueError, KeyError, IndexError, TypeError)):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    return grpc.StatusCode.INTERNAL
+
+
+def unary(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate ``def method(self, request) -> response`` (synchronous core work) as an aio handler."""
+
+    @functools.wraps(fn)
+    async def handler(self, request, context: grpc.aio.ServicerContext):
+        remaining = context.time_remaining()
+        try:
+            call = asyncio.to_thread(fn, self, request)
+            return await (asyncio.wait_for(call, timeout=remaining) if remaining is not None else call)
+        except Exception as e:  # noqa: BLE001 (every failure becomes a status, never a crash)
+            code = status_for(e)
+            if code == grpc.StatusCode.INTERNAL:
+                log.exception("internal error in %s", fn.__name__)
+            msg = str(e).strip() or type(e).__name__
+            await context.abort(code, msg[:2000])
+
+    return handler
+
+
+async def _run(server: grpc.aio.Server, health_servicer: health.HealthServicer, names: Iterable[str], grace_s: float, ready: asyncio.Event | None) -> None:
+    await server.start()
+    for n in names:
+        await health_servicer.set(n, health_pb2.HealthCheckResponse.SERVING)
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread (tests)
+            pass
+    if ready is not None:
+        ready.set()
+    waiter = asyncio.create_task(server.wait_for_termination())
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    if stopper.done():
+        log.info("shutting down (grace %.1fs)", grace_s)
+        for n in names:
+            await health_servicer.set(n, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await server.stop(grace_s)
+    waiter.cancel()
+    stopper.cancel()
+
+
+def build_server(registrations: list[tuple[Callable, Any, str]], max_message_mb: int = 16) -> tuple[grpc.aio.Server, health.HealthServicer, list[str]]:
+    """``registrations``: ``(add_XServicer_to_server, servicer, full service name)``."""
+    opts = [("grpc.max_receive_message_length", max_message_mb << 20), ("grpc.max_send_message_length", max_message_mb << 20)]
+    server = grpc.aio.server(options=opts)
+    names = []
+    for add, servicer, name in registrations:
+        add(servicer, server)
+        names.append(name)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    return server, health_servicer, names
+
+
+def serve(registrations: list[tuple[Callable, Any, str]], host: str = "127.0.0.1", port: int = 0, grace_s: float = 5.0, on_port: Callable[[int], None] | None = None) -> None:
+    """Blocking: serve until SIGTERM/SIGINT. ``port=0`` picks a free port (reported to ``on_port``)."""
+
+    async def main() -> None:
+        server, hs, names = build_server(registrations)
+        bound = server.add_insecure_port(f"{host}:{port}")
+        if bound == 0:
+            raise OSError(f"cannot bind {host}:{port}")
+        log.info("serving %s on %s:%d", ", ".join(names), host, bound)
+        print(f"genrec: serving {', '.join(names)} on {host}:{bound}", flush=True)
+        if on_port:
+            on_port(bound)
+        await _run(server, hs, names, grace_s, None)
+
+    asyncio.run(main())
