@@ -23,6 +23,8 @@ from components.registry import ArtifactError, Registry
 COMMAND_MODULES = [
     "components.data.commands",
     "components.registry.commands",
+    "components.retrieval.commands",
+    "components.serving.commands",
 ]
 
 

@@ -44,12 +44,16 @@ class RegistryParams(Section):
     root: str = Field("artifacts", description="registry root directory (env GENREC_ARTIFACTS overrides)")
 
 
+from components.retrieval.params import RetrievalParams  # noqa: E402  (sections import Section from here)
+
+
 class Params(Section):
     """All of ``params.yaml``."""
 
     seed: int = Field(2024, description="global random seed")
     data: DataParams = Field(default_factory=DataParams, description="dataset and its preparation")
     registry: RegistryParams = Field(default_factory=RegistryParams, description="artifacts registry")
+    retrieval: RetrievalParams = Field(default_factory=RetrievalParams, description="similar-user retrieval (BM25 + faiss)")
 
 
 class ParamsError(ValueError):

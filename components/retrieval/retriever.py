@@ -64,6 +64,7 @@ class UserRetriever:
         rerank_vectors: np.ndarray | None = None,
         faiss_blob: np.ndarray | None = None,
         index_params: dict[str, Any] | None = None,
+        item_ids: Sequence[str] | None = None,
     ):
         n = len(user_ids)
         if bm25.n_docs != n or len(user_vectors) != n or len(train_histories) != n:
@@ -79,6 +80,10 @@ class UserRetriever:
         self.dataset_ref = dataset_ref
         self.index_kind = index_kind
         self.index_params = index_params or {}
+        self.item_ids = list(item_ids) if item_ids is not None else [str(i) for i in range(len(self.item_vectors))]
+        if len(self.item_ids) != len(self.item_vectors):
+            raise ArtifactIncompatible(f"{len(self.item_ids)} item ids for {len(self.item_vectors)} item vectors")
+        self.item_index = {iid: i for i, iid in enumerate(self.item_ids)}
         self.faiss = vec.deserialize(faiss_blob) if faiss_blob is not None else vec.build_faiss(self.user_vectors, index_kind, **self.index_params)
         # item -> users whose indexed history holds it (CSR), for leakage exclusion
         pairs = sorted({(i, u) for u, h in enumerate(self.train_histories) for i in h})
@@ -115,7 +120,7 @@ class UserRetriever:
         toks = item_tokens(dataset.item_text, fields)
         bm25 = SparseBM25.fit(user_documents(histories, toks), k1=k1, b=b)
         uv = user_vectors if user_vectors is not None else vec.mean_item_vectors(histories, item_vectors)
-        return cls(bm25, uv, item_vectors, histories, toks, dataset.user_ids, dataset_ref, index_kind, index_params=index_params)
+        return cls(bm25, uv, item_vectors, histories, toks, dataset.user_ids, dataset_ref, index_kind, index_params=index_params, item_ids=dataset.item_ids)
 
     # ---- query --------------------------------------------------------------------------------
     def _query(self, user: int | str | None, history: Sequence[int] | None) -> tuple[int | None, list[str], np.ndarray, np.ndarray]:
@@ -151,6 +156,12 @@ class UserRetriever:
         if exclude_item is not None:
             mask[self.holders(int(exclude_item))] = True
         return mask
+
+    def items_to_indices(self, item_ids: Sequence[str]) -> list[int]:
+        unknown = [i for i in item_ids if i not in self.item_index]
+        if unknown:
+            raise RetrievalError(f"unknown item ids: {unknown[:10]}")
+        return [self.item_index[i] for i in item_ids]
 
     def bm25_top(self, tokens: list[str], z: int, banned: np.ndarray) -> np.ndarray:
         return _top(self.bm25.scores(tokens), z, banned)
@@ -210,6 +221,7 @@ class UserRetriever:
                 "retrieval.json",
                 {
                     "user_ids": self.user_ids,
+                    "item_ids": self.item_ids,
                     "vocab": vocab,
                     "item_tokens": self.item_tokens,
                     "dataset": self.dataset_ref,
@@ -242,6 +254,7 @@ class UserRetriever:
             rerank_vectors=arr["rerank_vectors"],
             faiss_blob=arr["faiss"],
             index_params=info.get("index_params"),
+            item_ids=info.get("item_ids"),
         )
 
 

@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer as AioHealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from components.registry import ArtifactCorrupted, ArtifactIncompatible, ArtifactNotFound
@@ -67,7 +68,7 @@ def unary(fn: Callable[..., Any]) -> Callable[..., Any]:
     return handler
 
 
-async def _run(server: grpc.aio.Server, health_servicer: health.HealthServicer, names: Iterable[str], grace_s: float, ready: asyncio.Event | None) -> None:
+async def _run(server: grpc.aio.Server, health_servicer: AioHealthServicer, names: Iterable[str], grace_s: float, ready: asyncio.Event | None) -> None:
     await server.start()
     for n in names:
         await health_servicer.set(n, health_pb2.HealthCheckResponse.SERVING)
@@ -93,7 +94,7 @@ async def _run(server: grpc.aio.Server, health_servicer: health.HealthServicer, 
     stopper.cancel()
 
 
-def build_server(registrations: list[tuple[Callable, Any, str]], max_message_mb: int = 16) -> tuple[grpc.aio.Server, health.HealthServicer, list[str]]:
+def build_server(registrations: list[tuple[Callable, Any, str]], max_message_mb: int = 16) -> tuple[grpc.aio.Server, AioHealthServicer, list[str]]:
     """``registrations``: ``(add_XServicer_to_server, servicer, full service name)``."""
     opts = [("grpc.max_receive_message_length", max_message_mb << 20), ("grpc.max_send_message_length", max_message_mb << 20)]
     server = grpc.aio.server(options=opts)
@@ -101,7 +102,7 @@ def build_server(registrations: list[tuple[Callable, Any, str]], max_message_mb:
     for add, servicer, name in registrations:
         add(servicer, server)
         names.append(name)
-    health_servicer = health.HealthServicer()
+    health_servicer = AioHealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     return server, health_servicer, names
@@ -122,3 +123,54 @@ def serve(registrations: list[tuple[Callable, Any, str]], host: str = "127.0.0.1
         await _run(server, hs, names, grace_s, None)
 
     asyncio.run(main())
+
+
+class BackgroundServer:
+    """Run a server on its own event loop in a daemon thread (tests, in-process composition).
+
+    ``with BackgroundServer([...]) as port: ...`` serves on 127.0.0.1:port until the block ends.
+    """
+
+    def __init__(self, registrations: list[tuple[Callable, Any, str]], host: str = "127.0.0.1", port: int = 0, grace_s: float = 1.0):
+        import threading
+
+        self.registrations, self.host, self.port, self.grace_s = registrations, host, port, grace_s
+        self._thread = threading.Thread(target=self._main, daemon=True)
+        self._started = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._error: BaseException | None = None
+
+    def _main(self) -> None:
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            server, hs, names = build_server(self.registrations)
+            self.port = server.add_insecure_port(f"{self.host}:{self.port}")
+            await server.start()
+            for n in names:
+                await hs.set(n, health_pb2.HealthCheckResponse.SERVING)
+            self._started.set()
+            await self._stop.wait()
+            await server.stop(self.grace_s)
+
+        try:
+            asyncio.run(main())
+        except BaseException as e:  # noqa: BLE001
+            self._error = e
+            self._started.set()
+
+    def __enter__(self) -> int:
+        self._thread.start()
+        self._started.wait(30)
+        if self._error:
+            raise self._error
+        return self.port
+
+    def stop(self) -> None:
+        if self._loop and self._stop and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,37 @@
+"""``genrec serve SERVICE --port P --artifact REF``: one gRPC server per component."""
+
+from __future__ import annotations
+
+import logging
+
+
+def register(sub) -> None:
+    s = sub.add_parser("serve", help="serve a component over gRPC (health + reflection, SIGTERM = graceful stop)")
+    s.add_argument("service", choices=sorted(SERVICES), help="which component")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=0, help="0 = any free port (printed)")
+    s.add_argument("--artifact", default=None, help="artifact the service serves (default: the latest of the params' dataset)")
+    s.add_argument("--grace", type=float, default=5.0, help="seconds in-flight calls get on shutdown")
+    s.set_defaults(func=cmd_serve)
+
+
+def _retrieval(args, ctx):
+    from components.retrieval.retriever import UserRetriever
+    from components.retrieval.service import RetrievalService, registration
+
+    ref = args.artifact or f"retrieval-index/{ctx.params.data.dataset}@latest"
+    art = ctx.registry.load(ref)
+    rp = ctx.params.retrieval
+    return [registration(RetrievalService(UserRetriever.from_artifact(art), art.ref, default_z=rp.z, default_v=rp.v))]
+
+
+SERVICES = {"retrieval": _retrieval}
+
+
+def cmd_serve(args, ctx) -> int:
+    from components.serving.grpc_server import serve
+
+    logging.getLogger("genrec").setLevel(logging.INFO)
+    registrations = SERVICES[args.service](args, ctx)
+    serve(registrations, host=args.host, port=args.port, grace_s=args.grace)
+    return 0
