@@ -44,12 +44,16 @@ class RegistryParams(Section):
     root: str = Field("artifacts", description="registry root directory (env GENREC_ARTIFACTS overrides)")
 
 
+from components.tokenizer.params import TokenizerParams  # noqa: E402  (sections import Section from here)
+
+
 class Params(Section):
     """All of ``params.yaml``."""
 
     seed: int = Field(2024, description="global random seed")
     data: DataParams = Field(default_factory=DataParams)
     registry: RegistryParams = Field(default_factory=RegistryParams)
+    tokenizer: TokenizerParams = Field(default_factory=TokenizerParams)
 
 
 class ParamsError(ValueError):
