@@ -15,7 +15,7 @@ import numpy as np
 
 from components.registry import Artifact, ArtifactIncompatible, Registry
 from components.tokenizer.codebook import Codebook
-from components.tokenizer.collisions import resolve_collisions
+from components.tokenizer.collisions import resolve_collisions, widen_search
 from components.tokenizer.encoders import TokenizerError, check_embeddings
 from components.tokenizer.rq_kmeans import faiss_threads, mean_sq_norm, nearest, quant_errors, quantize, residual_at
 from components.tokenizer.stats import codebook_stats
@@ -86,7 +86,8 @@ def assign_new_items(codebook: Codebook, embeddings: np.ndarray) -> np.ndarray:
     quantized greedily with the fixed codewords for all but the last quantized level, and then
     takes the nearest last-level code ``k`` (by ``||r_{L-1} - C_{L-1}[k]||²``) whose SID is free;
     with a disambiguation level, the SID ``(prefix, k, t)`` uses the smallest free ``t`` below
-    that level's size. Raises :class:`TokenizerError` if an item has no free SID left.
+    that level's size. Without one, a full prefix widens the search one level up (as in
+    ``collisions=reassign``). Raises :class:`TokenizerError` if an item has no free SID left.
     The codebook itself is not modified.
     """
     levels = codebook.quantized_levels
@@ -119,7 +120,10 @@ def assign_new_items(codebook: Codebook, embeddings: np.ndarray) -> np.ndarray:
                 full = cand + (free,)
                 break
         else:
-            raise TokenizerError(f"new item {i}: every SID under prefix {prefix} is taken")
+            wide = widen_search(x[i], np.r_[codes[i], 0], cw, taken) if not extra and Lq >= 2 else None
+            if wide is None:
+                raise TokenizerError(f"new item {i}: every SID under prefix {prefix} is taken")
+            full = wide
         taken.add(full)
         out[i] = full
     return out
