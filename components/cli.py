@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "components.registry.commands",
     "components.retrieval.commands",
     "components.serving.commands",
+    "components.tokenizer.commands",
 ]
 
 

@@ -45,6 +45,7 @@ class RegistryParams(Section):
 
 
 from components.retrieval.params import RetrievalParams  # noqa: E402  (sections import Section from here)
+from components.tokenizer.params import TokenizerParams  # noqa: E402  (sections import Section from here)
 
 
 class Params(Section):
@@ -54,6 +55,7 @@ class Params(Section):
     data: DataParams = Field(default_factory=DataParams, description="dataset and its preparation")
     registry: RegistryParams = Field(default_factory=RegistryParams, description="artifacts registry")
     retrieval: RetrievalParams = Field(default_factory=RetrievalParams, description="similar-user retrieval (BM25 + faiss)")
+    tokenizer: TokenizerParams = Field(default_factory=TokenizerParams, description="item text → embeddings → semantic IDs")
 
 
 class ParamsError(ValueError):

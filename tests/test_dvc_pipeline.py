@@ -62,9 +62,9 @@ def test_repro_push_pull_roundtrip(tmp_path, ml100k_dir):
     clone = tmp_path / "clone"
     _run(["git", "clone", "-q", str(proj), str(clone)], tmp_path, env)
     assert not (clone / "artifacts" / "dataset" / "ml-100k").exists()
-    _run(["dvc", "pull"], clone, env)
+    _run(["dvc", "pull", "--with-deps", "prepare"], clone, env)
     assert _digests(clone / "artifacts" / "dataset" / "ml-100k") == before
     out = _run([sys.executable, "-m", "components.cli", "artifacts", "verify", "dataset/ml-100k"], clone, env)
     assert "verified" in out
     # nothing changed: repro in the clone is a no-op
-    assert "didn't change" in _run(["dvc", "status"], clone, env) or "up to date" in _run(["dvc", "status"], clone, env)
+    assert "didn't change" in _run(["dvc", "status", "prepare"], clone, env) or "up to date" in _run(["dvc", "status", "prepare"], clone, env)

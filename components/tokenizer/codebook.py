@@ -16,6 +16,10 @@ Artifact ``codebook/<name>`` files:
                               from (identity when not rebalanced)
 - ``tree.npz``               ``edges_<l>`` int32 ``[E, 2]`` (parent, child) for ``l >= 1``
 - ``stats.json``             health statistics (per level), free-form
+- ``encoder.safetensors``    optional: weights of a learned map from text embeddings to the
+                              quantized space (RQ-VAE encoder), its architecture in
+                              ``codebook.json["encoder_config"]``; absent for RQ-KMeans, whose
+                              codewords live in the embedding space itself
 
 Parents of the artifact: the dataset (and embeddings / previous codebook) it was built from;
 ``meta["dataset"]`` holds the dataset ref, checked by :meth:`Codebook.check_dataset`.
@@ -41,6 +45,8 @@ class Codebook:
     token_origin: list[list[int]] | None = None
     stats: dict[str, Any] = field(default_factory=dict)
     dataset_ref: str | None = None
+    encoder_weights: dict[str, np.ndarray] = field(default_factory=dict)  # RQ-VAE encoder (optional)
+    encoder_config: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.sids = np.asarray(self.sids, dtype=np.int32)
@@ -74,6 +80,20 @@ class Codebook:
         if require_unique and self.n_collisions() > 0:
             raise ArtifactCorrupted(f"{self.n_collisions()} items share a full SID with another item")
 
+    @property
+    def quantized_levels(self) -> list[int]:
+        """Levels that have codewords (a trailing disambiguation level has none)."""
+        return sorted(self.codewords)
+
+    @property
+    def input_dim(self) -> int | None:
+        """Dimension of the text embeddings this codebook quantizes (None if unknown)."""
+        if self.encoder_config:
+            return int(self.encoder_config["in_dim"])
+        if self.codewords:
+            return int(self.codewords[min(self.codewords)].shape[1])
+        return None
+
     def n_collisions(self) -> int:
         """Items whose full SID is also another item's (count of items beyond the first per SID)."""
         return int(self.n_items - np.unique(self.sids, axis=0).shape[0])
@@ -106,10 +126,11 @@ class Codebook:
                     "codewords.safetensors",
                     {f"level_{lvl}": torch.from_numpy(np.ascontiguousarray(cw, dtype=np.float32)) for lvl, cw in self.codewords.items()},
                 )
-            w.write_json(
-                "codebook.json",
-                {"method": self.method, "sizes": self.sizes, "n_levels": self.n_levels, "item_ids": self.item_ids, "token_origin": self.token_origin},
-            )
+            info = {"method": self.method, "sizes": self.sizes, "n_levels": self.n_levels, "item_ids": self.item_ids, "token_origin": self.token_origin}
+            if self.encoder_weights:
+                w.write_safetensors("encoder.safetensors", {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in self.encoder_weights.items()})
+                info["encoder_config"] = self.encoder_config
+            w.write_json("codebook.json", info)
             w.write_npz("tree.npz", **{f"edges_{lvl}": self.edges(lvl) for lvl in range(1, self.n_levels)})
             w.write_json("stats.json", self.stats)
             w.meta.update({"method": self.method, "sizes": self.sizes, "n_items": self.n_items, "dataset": self.dataset_ref, "collisions": self.n_collisions()})
@@ -132,6 +153,8 @@ class Codebook:
             token_origin=info.get("token_origin"),
             stats=art.load_json("stats.json") if art.has_file("stats.json") else {},
             dataset_ref=art.meta.get("dataset"),
+            encoder_weights={k: v.numpy() for k, v in art.load_safetensors("encoder.safetensors").items()} if art.has_file("encoder.safetensors") else {},
+            encoder_config=info.get("encoder_config", {}),
         )
         tree = art.load_numpy("tree.npz")
         for lvl in range(1, cb.n_levels):
