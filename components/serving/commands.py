@@ -25,7 +25,15 @@ def _retrieval(args, ctx):
     return [registration(RetrievalService(UserRetriever.from_artifact(art), art.ref, default_z=rp.z, default_v=rp.v))]
 
 
-SERVICES = {"retrieval": _retrieval}
+def _tokenizer(args, ctx):
+    from components.tokenizer.service import TokenizerService, registration
+
+    p = ctx.params
+    ref = args.artifact or f"codebook/{p.data.dataset}-{p.tokenizer.method}@latest"
+    return [registration(TokenizerService(ctx.registry, ref, p.tokenizer, seed=p.seed))]
+
+
+SERVICES = {"retrieval": _retrieval, "tokenizer": _tokenizer}
 
 
 def cmd_serve(args, ctx) -> int:

@@ -1,0 +1,56 @@
+"""New items into an existing codebook, as a whole new ``codebook`` artifact (no retraining).
+
+:func:`embed_records` embeds item records with the encoder the codebook was built with (refusing
+a different one, and ``tfidf``, which is fitted per catalog); :func:`extend_codebook` appends the
+items with the SIDs :func:`~components.tokenizer.tokenize.assign_new_items` gave them. Level sizes,
+codewords and every existing item's SID stay as they were, so a generator trained on the old
+codebook can decode the new items at once (only its trie changes).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from components.tokenizer.codebook import Codebook
+from components.tokenizer.encoders import TextEncoder, TokenizerError, item_texts, make_encoder
+from components.tokenizer.tokenize import assign_new_items
+
+
+def embed_records(cb: Codebook, records: dict[str, dict[str, Any]], p: Any, seed: int = 0, encoder: TextEncoder | None = None) -> np.ndarray:
+    if not records:
+        raise TokenizerError("no items given")
+    if p.encoder == "tfidf" and encoder is None:
+        raise TokenizerError("the tfidf encoder is fitted per catalog and cannot embed new items; use minilm or a model_path encoder")
+    enc = encoder or make_encoder(p, seed=seed, progress=False)
+    built_with = cb.stats.get("encoder")
+    if built_with and getattr(enc, "name", None) and built_with != enc.name:
+        raise TokenizerError(f"the codebook was built on {built_with} embeddings; the encoder gives {enc.name}")
+    ids = list(records)
+    return enc.encode(item_texts(ids, list(records.values()), p.text_fields, p.max_field_chars))
+
+
+def extend_codebook(cb: Codebook, new_ids: list[str], embeddings: np.ndarray) -> tuple[Codebook, np.ndarray]:
+    """A new codebook with ``new_ids`` appended; returns it and the new items' SIDs."""
+    dup = sorted(set(new_ids) & set(cb.item_ids))
+    if dup:
+        raise TokenizerError(f"items already in the codebook: {dup[:10]}")
+    if len(set(new_ids)) != len(new_ids):
+        raise TokenizerError("duplicate item ids among the new items")
+    sids = assign_new_items(cb, embeddings)
+    stats = dict(cb.stats)
+    stats["online_items_added"] = int(stats.get("online_items_added", 0)) + len(new_ids)
+    new = Codebook(
+        sids=np.concatenate([cb.sids, sids]).astype(np.int32),
+        sizes=list(cb.sizes),
+        item_ids=[*cb.item_ids, *new_ids],
+        method=cb.method,
+        codewords=dict(cb.codewords),
+        token_origin=cb.token_origin,
+        stats=stats,
+        dataset_ref=cb.dataset_ref,
+        encoder_weights=cb.encoder_weights,
+        encoder_config=cb.encoder_config,
+    )
+    return new, sids
