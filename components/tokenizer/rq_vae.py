@@ -7,7 +7,10 @@
 
     loss = ||x - x̂||² + Σ_l ( ||sg(r_l) - e_l||² + β ||r_l - sg(e_l)||² )
 
-(reconstruction, codebook and commitment terms; ``sg`` = stop-gradient). Codebooks are
+(reconstruction, codebook and commitment terms; ``sg`` = stop-gradient; the reconstruction is
+summed over the ``d`` input coordinates and the VQ terms averaged over the latent ones, so a
+unit-norm 384-d embedding's reconstruction is not drowned by the VQ terms, which otherwise
+collapses the latents onto the level-0 codes). Codebooks are
 initialised by faiss k-means on the residuals of the untrained encoder's latents (level by
 level); every ``dead_code_every`` epochs, codes no item used since the last restart are re-seeded
 with random residuals of that level (dead-code restart). The trained encoder's weights are kept
@@ -90,7 +93,7 @@ class RQVAE:
         z = self.encoder(x)
         codes, zq, residuals, vq = self.quantize(z)
         x_hat = self.decoder(z + (zq - z).detach())
-        rec = F.mse_loss(x_hat, x)
+        rec = ((x_hat - x) ** 2).sum(-1).mean()  # ||x - x̂||² per item (not per coordinate)
         return rec + vq, rec, vq, codes, residuals
 
 
