@@ -44,12 +44,17 @@ class RegistryParams(Section):
     root: str = Field("artifacts", description="registry root directory (env GENREC_ARTIFACTS overrides)")
 
 
+# Component sections (imported here, after Section exists, so each component may subclass it).
+from components.evaluation.params import EvaluationParams  # noqa: E402
+
+
 class Params(Section):
     """All of ``params.yaml``."""
 
     seed: int = Field(2024, description="global random seed")
     data: DataParams = Field(default_factory=DataParams)
     registry: RegistryParams = Field(default_factory=RegistryParams)
+    evaluation: EvaluationParams = Field(default_factory=EvaluationParams)
 
 
 class ParamsError(ValueError):
