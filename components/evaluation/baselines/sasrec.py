@@ -140,11 +140,13 @@ class SASRec(nn.Module):
         return user_vec @ self.item_emb.weight[: self.config.n_items].T
 
     def to_input(self, histories: np.ndarray | Sequence[Sequence[int]]) -> torch.Tensor:
-        seq = right_align(histories, self.config.max_len, self.pad)
-        real = seq[seq != self.pad]
+        if isinstance(histories, np.ndarray):
+            real = histories[histories != PAD]
+        else:
+            real = np.fromiter((i for h in histories for i in h), dtype=np.int64)
         if real.size and (real.min() < 0 or real.max() >= self.config.n_items):
-            raise RankingError(f"history item ids outside the catalog [0, {self.config.n_items})")
-        return torch.from_numpy(seq)
+            raise RankingError(f"history item ids outside the catalog [0, {self.config.n_items}) (PAD = {PAD})")
+        return torch.from_numpy(right_align(histories, self.config.max_len, self.pad))
 
     # ---- API reused by retrieval / FlexCode ----------------------------------------------------
     @torch.no_grad()
