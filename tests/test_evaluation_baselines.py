@@ -129,3 +129,17 @@ def test_sasrec_bad_input():
         SASRecConfig(n_items=5, d_model=10, n_heads=3)
     with pytest.raises(RankingError, match="fewer than 2"):
         train_sasrec([[1], [2]], np.array([[1]]), np.array([2]), SASRecConfig(n_items=5, max_len=3, d_model=8), TrainConfig(epochs=1), progress=False)
+
+
+def test_select_gamma_hand_computed():
+    from components.evaluation.baselines.rerank import select_gamma
+
+    # items 0,1 hold all training interactions (2 groups: {0,1} H=1, {2,3} H=0)
+    scores = np.array([[1.0, 0.9, 0.5, 0.0]])
+    g, rows = select_gamma(scores, np.array([2]), np.array([3, 1, 0, 0]), [0.0, 1.0], k=2, n_groups=2)
+    # gamma 1: adjusted [1-ln4, 0.9-ln2, 0.5, 0] -> top-2 [2, 1]: hit at rank 0 but exposure (0.5, 0.5) -> DGU 1
+    assert rows[1]["NDCG@2"] == pytest.approx(1.0) and rows[1]["DGU@2"] == pytest.approx(1.0)
+    assert rows[0]["NDCG@2"] == 0.0 and rows[0]["DGU@2"] == 0.0
+    assert g == 0.0  # lowest DGU wins, whatever the accuracy gain
+    with pytest.raises(RankingError, match="empty"):
+        select_gamma(scores, np.array([2]), np.array([3, 1, 0, 0]), [], k=2)

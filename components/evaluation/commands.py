@@ -20,6 +20,8 @@ from components.evaluation.baselines import (
     popularity_weights,
     train_sasrec,
 )
+from components.evaluation.baselines.rerank import select_gamma
+from components.evaluation.baselines.sasrec import TrainResult
 from components.evaluation.bias import token_bias_from_topk
 from components.evaluation.metrics import evaluate_topk
 from components.evaluation.rankings import KIND, load_rankings, rankings_name, save_rankings
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 def register(sub) -> None:
     b = sub.add_parser("baselines", help="train SASRec (+RW) and write rankings/<dataset>-<method> for the classical baselines")
     b.add_argument("--methods", nargs="+", default=None, help="override evaluation.baselines.methods")
+    b.add_argument("--reuse-models", action="store_true", help="rank with the stored model/<dataset>-sasrec[-rw]@latest instead of training")
     b.add_argument("--summary-out", default=None, help="write valid/test HR@10, NDCG@10 and training curves as JSON")
     b.set_defaults(func=cmd_baselines)
 
@@ -91,21 +94,31 @@ def cmd_baselines(args, ctx) -> int:
             continue
         iw = popularity_weights(counts, bp.rw_power) if weights else None
         params = {**sasrec_params, **({"rw_power": bp.rw_power} if weights else {})}
-        res = train_sasrec(ds.train_sequences(), splits["valid"].history, splits["valid"].target, mc, tc, item_weights=iw)
-        model_art = res.model.save(
-            ctx.registry, f"{ds.name}-{variant}", parents=[ds_ref], params=params,
-            extra={"train": tc.__dict__, "history": res.history, "best_epoch": res.best_epoch, "best_valid_ndcg10": res.best_valid_ndcg10},
-        )
+        if args.reuse_models:
+            model_art = ctx.registry.load(f"model/{ds.name}-{variant}@latest")
+            cfg = model_art.load_json("config.json")
+            res = TrainResult(SASRec.from_artifact(model_art), cfg.get("history", []), cfg.get("best_epoch", 0), cfg.get("best_valid_ndcg10", 0.0), 0.0)
+        else:
+            res = train_sasrec(ds.train_sequences(), splits["valid"].history, splits["valid"].target, mc, tc, item_weights=iw)
+            model_art = res.model.save(
+                ctx.registry, f"{ds.name}-{variant}", parents=[ds_ref], params=params,
+                extra={"train": tc.__dict__, "history": res.history, "best_epoch": res.best_epoch, "best_valid_ndcg10": res.best_valid_ndcg10},
+            )
         extra = {"model": model_art.ref, "best_epoch": res.best_epoch, "epochs_run": len(res.history), "train_seconds": round(res.seconds, 1), "curve": res.history}
         print(f"{model_art.ref}: best epoch {res.best_epoch}/{len(res.history)}, valid NDCG@10 {res.best_valid_ndcg10:.4f}, {res.seconds:.0f}s")
         if variant in methods:
             out = {s: res.model.score_topk(sp.history, K) for s, sp in splits.items()}
             record(variant, {s: o[0] for s, o in out.items()}, [ds_ref, model_art.ref], params, scores={s: o[1] for s, o in out.items()}, extra=extra)
         if variant == "sasrec" and "sasrec-rr" in methods:
-            pen = torch.from_numpy(popularity_penalty(counts, bp.rr_gamma))
+            gamma, sweep = bp.rr_gamma, None
+            if gamma == "auto":
+                vs = torch.from_numpy(res.model.encode(splits["valid"].history)) @ torch.from_numpy(res.model.item_embeddings()).T
+                gamma, sweep = select_gamma(vs, splits["valid"].target, counts, bp.rr_grid, k=10, n_groups=ev.n_groups, max_ndcg_drop=bp.rr_max_ndcg_drop)
+                print(f"RR: gamma {gamma} chosen on valid (lowest DGU@10 within {bp.rr_max_ndcg_drop:.0%} of the NDCG@10 at gamma 0)")
+            pen = torch.from_numpy(popularity_penalty(counts, gamma))
             out = {s: res.model.score_topk(sp.history, K, adjust=lambda x: x - pen) for s, sp in splits.items()}
-            record("sasrec-rr", {s: o[0] for s, o in out.items()}, [ds_ref, model_art.ref], {**params, "rr_gamma": bp.rr_gamma},
-                   scores={s: o[1] for s, o in out.items()}, extra={"model": model_art.ref, "rr_gamma": bp.rr_gamma})
+            record("sasrec-rr", {s: o[0] for s, o in out.items()}, [ds_ref, model_art.ref], {**params, "rr_gamma": bp.rr_gamma, "rr_grid": bp.rr_grid},
+                   scores={s: o[1] for s, o in out.items()}, extra={"model": model_art.ref, "rr_gamma": gamma, "rr_valid_sweep": sweep})
     if args.summary_out:
         Path(args.summary_out).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(Path(args.summary_out), json.dumps(summary, indent=2) + "\n")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator, model_validator
 
 from components.params import Section
@@ -33,9 +35,20 @@ class BaselinesParams(Section):
         ["popular", "sasrec", "sasrec-rr", "sasrec-rw"],
         description="subset of popular, sasrec, sasrec-rr (SASRec + re-ranking), sasrec-rw (SASRec trained with popularity weights)",
     )
-    rr_gamma: float = Field(0.3, ge=0, description="RR strength: score - gamma * log(1 + train count)")
+    rr_gamma: float | Literal["auto"] = Field(
+        "auto", description="RR strength: score - gamma * log(1 + train count); auto = chosen on valid from rr_grid (lowest valid DGU@10 within rr_max_ndcg_drop)"
+    )
+    rr_grid: list[float] = Field([0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0], min_length=1, description="RR: gammas tried when rr_gamma is auto")
+    rr_max_ndcg_drop: float = Field(0.05, ge=0, le=1, description="RR auto: allowed relative valid NDCG@10 loss vs gamma = 0")
     rw_power: float = Field(0.5, ge=0, description="RW exponent: loss weight ∝ (1 + train count)^-power, mean 1 over training samples")
     sasrec: SASRecParams = Field(default_factory=SASRecParams)
+
+    @field_validator("rr_gamma")
+    @classmethod
+    def _gamma(cls, v):
+        if v != "auto" and v < 0:
+            raise ValueError("rr_gamma must be >= 0 or 'auto'")
+        return v
 
     @field_validator("methods")
     @classmethod

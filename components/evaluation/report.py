@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -112,10 +113,12 @@ def plot_head_tail(results: dict[str, dict[str, Any]], k: int, path: Path) -> No
         for off, part in ((-0.2, "head"), (0.2, "tail")):
             vals = [results[m].get(f"{metric}_{part}@{k}") or 0.0 for m in methods]
             ax.bar(x + off, vals, 0.4, label=f"{part} targets")
+        top = max([results[m].get(f"{metric}_{p}@{k}") or 0.0 for m in methods for p in ("head", "tail")] + [1e-6])
+        ax.set_ylim(0, top * 1.3)  # room for the legend
         ax.set_xticks(x)
         ax.set_xticklabels(methods, rotation=20, fontsize=8)
         ax.set_title(f"{metric}@{k} by target popularity")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -226,7 +229,8 @@ def write_report(
                 md.append(f"| {lvl + 1} | " + " | ".join(_fmt(token_bias[m][lvl]["amp_top"]) for m in methods) + " |")
             md.append("")
         md += [f"- {n}" for n in notes]
-        md += ["", f"Plots: `{plots_dir}/exposure.png`, `{plots_dir}/head_tail.png`" + (f", `{plots_dir}/token_bias.png`" if token_bias else "") + "."]
+        rel = os.path.relpath(plots_dir, report_path.parent)
+        md += ["", f"Plots: `{rel}/exposure.png`, `{rel}/head_tail.png`" + (f", `{rel}/token_bias.png`" if token_bias else "") + f" (relative to {report_path.name})."]
         report_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(report_path, "\n".join(md) + "\n")
         out["report"] = report_path

@@ -50,3 +50,31 @@ def rerank_topk(topk: np.ndarray, scores: np.ndarray, train_counts: np.ndarray, 
     adj = np.where(topk == INVALID, -np.inf, scores - pen[np.clip(topk, 0, None)])
     order = np.argsort(-adj, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(topk, order, axis=1).astype(np.int32)
+
+
+def select_gamma(
+    scores: torch.Tensor | np.ndarray,
+    targets: np.ndarray,
+    train_counts: np.ndarray,
+    grid: tuple[float, ...] | list[float],
+    k: int = 10,
+    n_groups: int = 5,
+    max_ndcg_drop: float = 0.05,
+) -> tuple[float, list[dict[str, float]]]:
+    """Choose γ on VALIDATION scores: the γ in ``grid`` with the lowest DGU@k among those whose
+    NDCG@k is at least ``(1 − max_ndcg_drop)`` × the NDCG@k at γ = 0 (ties: the smaller γ).
+    Returns ``(gamma, [{"gamma", "NDCG@k", "DGU@k", "MGU@k"}, ...])``."""
+    from components.evaluation.metrics import evaluate_topk
+
+    if not grid:
+        raise RankingError("empty gamma grid")
+    s = torch.as_tensor(scores, dtype=torch.float32)
+    base_topk = s.topk(k, dim=1).indices.numpy()
+    base = evaluate_topk(base_topk, targets, train_counts, ks=(k,), n_groups=n_groups)[f"NDCG@{k}"]
+    rows = []
+    for g in sorted(grid):
+        m = evaluate_topk(rerank_scores(s, train_counts, g, k), targets, train_counts, ks=(k,), n_groups=n_groups)
+        rows.append({"gamma": float(g), f"NDCG@{k}": m[f"NDCG@{k}"], f"DGU@{k}": m[f"DGU@{k}"], f"MGU@{k}": m[f"MGU@{k}"]})
+    ok = [r for r in rows if r[f"NDCG@{k}"] >= (1 - max_ndcg_drop) * base] or rows[:1]
+    best = min(ok, key=lambda r: (r[f"DGU@{k}"], r["gamma"]))
+    return best["gamma"], rows

@@ -295,7 +295,7 @@ def train_sasrec(
         model.train()
         perm = torch.randperm(x.shape[0], generator=gen)
         batches = range(0, x.shape[0], tc.batch_size)
-        it = tqdm(batches, desc=f"sasrec epoch {epoch}", leave=False, disable=not progress) if tqdm else batches
+        it = tqdm(batches, desc=f"sasrec epoch {epoch}", leave=False, disable=None if progress else True) if tqdm else batches
         total, count = 0.0, 0
         for i in it:
             idx = perm[i : i + tc.batch_size]
