@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "components.retrieval.commands",
     "components.serving.commands",
     "components.tokenizer.commands",
+    "components.evaluation.commands",
 ]
 
 

@@ -44,8 +44,10 @@ class RegistryParams(Section):
     root: str = Field("artifacts", description="registry root directory (env GENREC_ARTIFACTS overrides)")
 
 
-from components.retrieval.params import RetrievalParams  # noqa: E402  (sections import Section from here)
-from components.tokenizer.params import TokenizerParams  # noqa: E402  (sections import Section from here)
+# Component sections (imported here, after Section exists, so each component may subclass it).
+from components.evaluation.params import EvaluationParams  # noqa: E402
+from components.retrieval.params import RetrievalParams  # noqa: E402
+from components.tokenizer.params import TokenizerParams  # noqa: E402
 
 
 class Params(Section):
@@ -56,6 +58,7 @@ class Params(Section):
     registry: RegistryParams = Field(default_factory=RegistryParams, description="artifacts registry")
     retrieval: RetrievalParams = Field(default_factory=RetrievalParams, description="similar-user retrieval (BM25 + faiss)")
     tokenizer: TokenizerParams = Field(default_factory=TokenizerParams, description="item text → embeddings → semantic IDs")
+    evaluation: EvaluationParams = Field(default_factory=EvaluationParams, description="accuracy and popularity-bias metrics, baselines, report")
 
 
 class ParamsError(ValueError):

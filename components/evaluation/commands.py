@@ -1,0 +1,161 @@
+"""``genrec baselines`` (train / rank with the classical baselines) and ``genrec evaluate`` (the report)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from components.data.dataset import Dataset
+from components.evaluation.baselines import (
+    SASRec,
+    SASRecConfig,
+    TrainConfig,
+    most_popular_topk,
+    popularity_penalty,
+    popularity_weights,
+    train_sasrec,
+)
+from components.evaluation.baselines.rerank import select_gamma
+from components.evaluation.baselines.sasrec import TrainResult
+from components.evaluation.bias import token_bias_from_topk
+from components.evaluation.metrics import evaluate_topk
+from components.evaluation.rankings import KIND, load_rankings, rankings_name, save_rankings
+from components.evaluation.report import RANKING_NOTE, write_report
+from components.registry.store import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+def register(sub) -> None:
+    b = sub.add_parser("baselines", help="train SASRec (+RW) and write rankings/<dataset>-<method> for the classical baselines")
+    b.add_argument("--methods", nargs="+", default=None, help="override evaluation.baselines.methods")
+    b.add_argument("--reuse-models", action="store_true", help="rank with the stored model/<dataset>-sasrec[-rw]@latest instead of training")
+    b.add_argument("--summary-out", default=None, help="write valid/test HR@10, NDCG@10 and training curves as JSON")
+    b.set_defaults(func=cmd_baselines)
+
+    e = sub.add_parser("evaluate", help="accuracy + popularity-bias report over the rankings listed in evaluation.rankings")
+    e.add_argument("--rankings", nargs="+", default=None, help="override evaluation.rankings (method names)")
+    e.add_argument("--codebook", default=None, help="codebook ref for the token-level bias plot (default: evaluation.codebook)")
+    e.add_argument("--split", default=None, choices=["valid", "test"], help="override evaluation.split")
+    e.add_argument("--metrics-out", default="metrics/evaluation.json", help="DVC metrics JSON (default: metrics/evaluation.json)")
+    e.add_argument("--plots-dir", default="plots/evaluation", help="plots CSV + PNG directory (default: plots/evaluation)")
+    e.add_argument("--report", default="reports/evaluation.md", help="markdown report (default: reports/evaluation.md)")
+    e.set_defaults(func=cmd_evaluate)
+
+
+def _dataset(ctx) -> tuple[Dataset, str]:
+    art = ctx.registry.load(f"dataset/{ctx.params.data.dataset}@latest")
+    return Dataset.from_artifact(art), art.ref
+
+
+def _sasrec_configs(ctx, ds: Dataset) -> tuple[SASRecConfig, TrainConfig]:
+    p = ctx.params.evaluation.baselines.sasrec
+    mc = SASRecConfig(
+        n_items=ds.n_items, max_len=p.max_len or ds.max_history, d_model=p.d_model, n_layers=p.n_layers, n_heads=p.n_heads, dropout=p.dropout
+    )
+    tc = TrainConfig(
+        epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay, patience=p.patience,
+        seed=ctx.params.seed, max_minutes=p.max_minutes, num_threads=p.num_threads,
+    )
+    return mc, tc
+
+
+def cmd_baselines(args, ctx) -> int:
+    ev = ctx.params.evaluation
+    bp = ev.baselines
+    methods = args.methods or bp.methods
+    ds, ds_ref = _dataset(ctx)
+    counts = ds.train_item_counts()
+    K = max(ev.topk, max(ev.ks))
+    splits = {s: ds.splits[s] for s in ("valid", "test")}
+    summary: dict[str, Any] = {"dataset": ds_ref, "k": K, "ranking": RANKING_NOTE, "methods": {}}
+    base_params = {"seed": ctx.params.seed, "topk": K}
+
+    def record(method: str, topk: dict[str, np.ndarray], parents: list[str], params: dict[str, Any], scores=None, extra=None) -> None:
+        art = save_rankings(ctx.registry, ds.name, method, topk, ds.n_items, parents=parents, params=params, scores=scores)
+        row = {s: {m: evaluate_topk(topk[s], splits[s].target, counts, ks=(10,))[m] for m in ("HR@10", "NDCG@10")} for s in topk}
+        summary["methods"][method] = {"rankings": art.ref, **row, **(extra or {})}
+        print(f"{art.ref}: valid HR@10 {row['valid']['HR@10']:.4f} NDCG@10 {row['valid']['NDCG@10']:.4f} | "
+              f"test HR@10 {row['test']['HR@10']:.4f} NDCG@10 {row['test']['NDCG@10']:.4f}")
+
+    if "popular" in methods:
+        record("popular", {s: most_popular_topk(counts, len(sp), K) for s, sp in splits.items()}, [ds_ref], base_params)
+
+    mc, tc = _sasrec_configs(ctx, ds)
+    sasrec_params = {**base_params, "sasrec": bp.sasrec.model_dump(mode="json")}
+    for variant, weights in (("sasrec", None), ("sasrec-rw", "rw")):
+        wanted = [m for m in methods if m == variant or (variant == "sasrec" and m == "sasrec-rr")]
+        if not wanted:
+            continue
+        iw = popularity_weights(counts, bp.rw_power) if weights else None
+        params = {**sasrec_params, **({"rw_power": bp.rw_power} if weights else {})}
+        if args.reuse_models:
+            model_art = ctx.registry.load(f"model/{ds.name}-{variant}@latest")
+            cfg = model_art.load_json("config.json")
+            res = TrainResult(SASRec.from_artifact(model_art), cfg.get("history", []), cfg.get("best_epoch", 0), cfg.get("best_valid_ndcg10", 0.0), 0.0)
+        else:
+            res = train_sasrec(ds.train_sequences(), splits["valid"].history, splits["valid"].target, mc, tc, item_weights=iw)
+            model_art = res.model.save(
+                ctx.registry, f"{ds.name}-{variant}", parents=[ds_ref], params=params,
+                extra={"train": tc.__dict__, "history": res.history, "best_epoch": res.best_epoch, "best_valid_ndcg10": res.best_valid_ndcg10},
+            )
+        extra = {"model": model_art.ref, "best_epoch": res.best_epoch, "epochs_run": len(res.history), "train_seconds": round(res.seconds, 1), "curve": res.history}
+        print(f"{model_art.ref}: best epoch {res.best_epoch}/{len(res.history)}, valid NDCG@10 {res.best_valid_ndcg10:.4f}, {res.seconds:.0f}s")
+        if variant in methods:
+            out = {s: res.model.score_topk(sp.history, K) for s, sp in splits.items()}
+            record(variant, {s: o[0] for s, o in out.items()}, [ds_ref, model_art.ref], params, scores={s: o[1] for s, o in out.items()}, extra=extra)
+        if variant == "sasrec" and "sasrec-rr" in methods:
+            gamma, sweep = bp.rr_gamma, None
+            if gamma == "auto":
+                vs = torch.from_numpy(res.model.encode(splits["valid"].history)) @ torch.from_numpy(res.model.item_embeddings()).T
+                gamma, sweep = select_gamma(vs, splits["valid"].target, counts, bp.rr_grid, k=10, n_groups=ev.n_groups, max_ndcg_drop=bp.rr_max_ndcg_drop)
+                print(f"RR: gamma {gamma} chosen on valid (lowest DGU@10 within {bp.rr_max_ndcg_drop:.0%} of the NDCG@10 at gamma 0)")
+            pen = torch.from_numpy(popularity_penalty(counts, gamma))
+            out = {s: res.model.score_topk(sp.history, K, adjust=lambda x: x - pen) for s, sp in splits.items()}
+            record("sasrec-rr", {s: o[0] for s, o in out.items()}, [ds_ref, model_art.ref], {**params, "rr_gamma": bp.rr_gamma, "rr_grid": bp.rr_grid},
+                   scores={s: o[1] for s, o in out.items()}, extra={"model": model_art.ref, "rr_gamma": gamma, "rr_valid_sweep": sweep})
+    if args.summary_out:
+        Path(args.summary_out).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(Path(args.summary_out), json.dumps(summary, indent=2) + "\n")
+    return 0
+
+
+def cmd_evaluate(args, ctx) -> int:
+    from components.tokenizer.codebook import Codebook
+
+    ev = ctx.params.evaluation
+    methods = args.rankings or ev.rankings
+    split = args.split or ev.split
+    ds, ds_ref = _dataset(ctx)
+    counts = ds.train_item_counts()
+    sp = ds.splits[split]
+    results, topks = {}, {}
+    for m in methods:
+        art = ctx.registry.load(f"{KIND}/{rankings_name(ds.name, m)}@latest")
+        topks[m] = load_rankings(art, split, n_samples=len(sp), n_items=ds.n_items)
+        results[m] = evaluate_topk(topks[m], sp.target, counts, ks=ev.ks, n_groups=ev.n_groups, head_fraction=ev.head_fraction, orr_top=ev.orr_top)
+        log.info("%s: %s", art.ref, {k: round(results[m][k], 4) for k in (f"HR@{ev.report_k}", f"NDCG@{ev.report_k}") if k in results[m]})
+    tb = None
+    cb_ref = args.codebook or ev.codebook
+    if cb_ref:
+        cb_art = ctx.registry.load(cb_ref)
+        cb = Codebook.from_artifact(cb_art)
+        cb.check_dataset(ds_ref, ds.n_items)
+        tb = {m: token_bias_from_topk(cb, t, sp.target, counts, k=ev.token_k, n_groups=ev.token_groups) for m, t in topks.items()}
+    notes = [f"dataset {ds_ref}; metrics: components/evaluation/metrics.py (formulas in its docstring)."]
+    if cb_ref:
+        notes.append(f"token bias: codebook {cb_ref}, generated tokens = SIDs of each method's top-{ev.token_k} items, {ev.token_groups} token groups per level.")
+    written = write_report(
+        results, dataset=ds.name, split=split, ks=ev.ks, k=ev.report_k, metrics_path=args.metrics_out, plots_dir=args.plots_dir,
+        report_path=args.report, token_bias=tb, notes=notes,
+    )
+    from components.evaluation.report import markdown_table
+
+    print(markdown_table(results, ev.report_k))
+    print("wrote " + ", ".join(str(p) for p in written.values()))
+    return 0
