@@ -44,12 +44,16 @@ class RegistryParams(Section):
     root: str = Field("artifacts", description="registry root directory (env GENREC_ARTIFACTS overrides)")
 
 
+from components.rebalancer.params import RebalanceParams  # noqa: E402  (after Section: it subclasses it)
+
+
 class Params(Section):
     """All of ``params.yaml``."""
 
     seed: int = Field(2024, description="global random seed")
     data: DataParams = Field(default_factory=DataParams)
     registry: RegistryParams = Field(default_factory=RegistryParams)
+    rebalance: RebalanceParams = Field(default_factory=RebalanceParams)
 
 
 class ParamsError(ValueError):

@@ -54,14 +54,14 @@ def synthetic_codebook(n_items: int, K: int = 256, levels: int = 3, d: int = 32,
     # skewed token usage per level (so some tokens are over-popular)
     probs = [(1.0 / np.arange(1, K + 1) ** 0.8) for _ in range(levels)]
     sids = np.stack([rng.choice(K, size=n_items, p=p / p.sum()) for p in probs], axis=1).astype(np.int64)
-    # make SIDs unique: re-draw the last level for duplicates until none remain
-    for _ in range(50):
+    # make SIDs unique: re-draw every level of the duplicates (uniformly) until none remain
+    for _ in range(200):
         _, first, inv = np.unique(sids, axis=0, return_index=True, return_inverse=True)
         dup = np.ones(n_items, dtype=bool)
         dup[first] = False
         if not dup.any():
             break
-        sids[dup, -1] = rng.integers(0, K, size=int(dup.sum()))
+        sids[dup] = rng.integers(0, K, size=(int(dup.sum()), levels))
     else:
         raise RuntimeError("could not make synthetic SIDs unique")
     emb = sum(cws[lvl][sids[:, lvl]] for lvl in range(levels)) + rng.normal(scale=0.05, size=(n_items, d)).astype(np.float32)
