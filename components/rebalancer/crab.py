@@ -253,7 +253,10 @@ def _rebalance(
             unit_key = np.arange(len(col), dtype=np.int64)
         sel_mask = np.isin(col, ranked)
         sel_items = np.flatnonzero(sel_mask)
-        ukeys, uinv = np.unique(unit_key[sel_items], return_inverse=True)
+        if lvl + 1 < n_sem:
+            ukeys, uinv = np.unique(unit_key[sel_items], return_inverse=True)
+        else:  # every item is its own child
+            ukeys, uinv = sel_items, np.arange(sel_items.size)
         u_token = np.zeros(ukeys.size, dtype=np.int64)
         u_token[uinv] = col[sel_items]
         u_w = np.bincount(uinv, minlength=ukeys.size).astype(np.float64)

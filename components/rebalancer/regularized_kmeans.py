@@ -22,8 +22,10 @@ Solvers
 - ``local``: deterministic seeding (k-means++ over positive-popularity children, D^2 weighted, from
   a seeded RNG), a greedy pass in decreasing popularity (the longest-processing-time rule for the
   balance term, plus the distance term), then Hartigan-style single-point moves, each accepted only
-  if it lowers ``J`` exactly (closed-form deltas below), until no move helps. ``n_init`` restarts,
-  the best ``J`` wins. Like the hard-thresholding regularized K-means of Raymaekers & Zamar (2022)
+  if it lowers ``J`` exactly (closed-form deltas below), until no move helps (at most 50 sweeps;
+  for ``m > large_m`` children a sweep moving <= 0.1% of them also stops it). ``n_init`` restarts
+  (one when ``m > large_m``), the best ``J`` wins. Candidates per sweep are found vectorized, moves
+  are applied one at a time with re-checked deltas. Like the hard-thresholding regularized K-means of Raymaekers & Zamar (2022)
   it alternates assignment and centroid updates on a penalized objective and decreases it
   monotonically; here the penalty is on cluster popularity rather than on centroid coordinates.
 
@@ -119,6 +121,7 @@ class _State:
         self.members = np.zeros(n, dtype=np.int64)
         self.pos = np.zeros(n, dtype=np.int64)
         self.x, self.w, self.p = x, w, p
+        self._mu: np.ndarray | None = None
 
     def add(self, i: int, k: int, sign: int = 1) -> None:
         self.W[k] += sign * self.w[i]
@@ -126,12 +129,42 @@ class _State:
         self.P[k] += sign * self.p[i]
         self.members[k] += sign
         self.pos[k] += sign * int(self.p[i] > 0)
+        self._mu = None
+
+    def move(self, i: int, a: int, b: int) -> None:
+        """Move point ``i`` from cluster ``a`` to ``b``, updating the two centroids in place."""
+        wi, xi, pi = self.w[i], self.x[i], self.p[i]
+        self.W[a] -= wi
+        self.W[b] += wi
+        self.S[a] -= wi * xi
+        self.S[b] += wi * xi
+        self.P[a] -= pi
+        self.P[b] += pi
+        self.members[a] -= 1
+        self.members[b] += 1
+        if pi > 0:
+            self.pos[a] -= 1
+            self.pos[b] += 1
+        if self._mu is not None:
+            self._mu[a] = self.S[a] / max(self.W[a], _EPS)
+            self._mu[b] = self.S[b] / max(self.W[b], _EPS)
+
+    def add_many(self, idx: np.ndarray, ks: np.ndarray) -> None:
+        n = self.W.size
+        self.W += np.bincount(ks, weights=self.w[idx], minlength=n)
+        np.add.at(self.S, ks, self.w[idx, None] * self.x[idx])
+        self.P += np.bincount(ks, weights=self.p[idx], minlength=n)
+        self.members += np.bincount(ks, minlength=n)
+        self.pos += np.bincount(ks, weights=(self.p[idx] > 0).astype(np.float64), minlength=n).astype(np.int64)
+        self._mu = None
 
     def mu(self) -> np.ndarray:
-        return self.S / np.maximum(self.W, _EPS)[:, None]
+        if self._mu is None:
+            self._mu = self.S / np.maximum(self.W, _EPS)[:, None]
+        return self._mu
 
 
-def _local(x, w, p, n, lam, scatter, total, rng: np.random.Generator, max_sweeps: int = 50) -> np.ndarray:
+def _local(x, w, p, n, lam, scatter, total, rng: np.random.Generator, max_sweeps: int = 50, large_m: int = 2000) -> np.ndarray:
     m = x.shape[0]
     bscale = lam * n / (n - 1) / total**2
     positive = np.flatnonzero(p > 0)
@@ -153,23 +186,31 @@ def _local(x, w, p, n, lam, scatter, total, rng: np.random.Generator, max_sweeps
     for k, s in enumerate(seeds):
         labels[s] = k
         st.add(s, k)
-    # greedy pass: decreasing popularity, cost = distance increase + balance increase
+    # greedy pass in decreasing popularity, cost = distance increase + balance increase; the most
+    # popular children go one at a time, then chunks that double in size (small children barely
+    # move the balance, and a chunk is scored in one vectorized step against the current clusters)
     target = total / n
     order = np.lexsort((np.arange(m), -p))
-    for i in order:
-        if labels[i] >= 0:
-            continue
+    order = order[labels[order] < 0]
+    pos, chunk = 0, 1
+    while pos < order.size:
+        idx = order[pos : pos + chunk]
         mu = st.mu()
-        dist = w[i] * st.W / (st.W + w[i]) * ((x[i] - mu) ** 2).sum(1) / scatter
-        bal = bscale * (2.0 * p[i] * (st.P - target) + p[i] ** 2)
-        k = int(np.argmin(dist + bal))
-        labels[i] = k
-        st.add(i, k)
+        D = ((x[idx, None, :] - mu[None, :, :]) ** 2).sum(2)
+        wi, pi = w[idx, None], p[idx, None]
+        cost = wi * st.W[None, :] / (st.W[None, :] + wi) * D / scatter + bscale * (2.0 * pi * (st.P[None, :] - target) + pi**2)
+        k = np.argmin(cost, axis=1)
+        labels[idx] = k
+        st.add_many(idx, k)
+        pos += idx.size
+        if pos >= 2 * n:
+            chunk = min(chunk * 2, 4096)
     # Hartigan refinement with exact deltas
     rows = np.arange(m)
+    xx = (x**2).sum(1)
     for _ in range(max_sweeps):
         mu = st.mu()
-        D = ((x[:, None, :] - mu[None, :, :]) ** 2).sum(2)  # [m, n]
+        D = np.maximum(xx[:, None] - 2.0 * (x @ mu.T) + (mu**2).sum(1)[None, :], 0.0)  # [m, n] squared distances
         a = labels
         Wa = st.W[a]
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -183,25 +224,25 @@ def _local(x, w, p, n, lam, scatter, total, rng: np.random.Generator, max_sweeps
         cand = np.flatnonzero(best < -1e-12)
         if cand.size == 0:
             break
+        cand = cand[np.argsort(best[cand], kind="stable")]
         moved = 0
-        for i in cand[np.argsort(best[cand], kind="stable")]:
-            ai = labels[i]
-            if st.members[ai] <= 1 or (p[i] > 0 and st.pos[ai] <= 1):
+        for i in cand.tolist():
+            ai = int(labels[i])
+            wi, pi = float(w[i]), float(p[i])
+            if st.members[ai] <= 1 or (pi > 0 and st.pos[ai] <= 1):
                 continue
-            mu = st.mu()
-            di = ((x[i] - mu) ** 2).sum(1)
-            if st.W[ai] - w[i] <= _EPS:
+            Wa = float(st.W[ai])
+            if Wa - wi <= _EPS:
                 continue
-            r = w[i] * st.W[ai] / (st.W[ai] - w[i]) * di[ai]
-            dl = (w[i] * st.W / (st.W + w[i]) * di - r) / scatter + bscale * 2.0 * p[i] * (st.P - st.P[ai] + p[i])
+            di = ((x[i] - st.mu()) ** 2).sum(1)
+            dl = (wi * st.W / (st.W + wi) * di - wi * Wa / (Wa - wi) * di[ai]) / scatter + (bscale * 2.0 * pi) * (st.P - (float(st.P[ai]) - pi))
             dl[ai] = np.inf
             b = int(np.argmin(dl))
             if dl[b] < -1e-12:
-                st.add(i, ai, -1)
-                st.add(i, b)
+                st.move(i, ai, b)
                 labels[i] = b
                 moved += 1
-        if moved == 0:
+        if moved == 0 or (m > large_m and moved <= m // 1000):
             break
     return labels
 
@@ -216,10 +257,13 @@ def split_children(
     n_init: int = 4,
     exact_max: int = 20_000,
     solver: str = "auto",
+    large_m: int = 2000,
 ) -> KMeansSplit:
     """Assign ``m`` children to ``n`` new tokens minimizing ``J`` (module docstring).
 
     ``solver``: ``"auto"`` (exact when ``n^m <= exact_max``, else local), ``"exact"`` or ``"local"``.
+    Local search restarts ``n_init`` times, once when ``m > large_m`` (large splits: the greedy pass
+    is already close and each restart costs O(m) Python steps).
     Labels are returned so that new token 0 is the most popular (ties: lowest first child)."""
     if lam < 0:
         raise ValueError(f"lam must be >= 0, got {lam}")
@@ -236,8 +280,9 @@ def split_children(
     else:
         rng = np.random.default_rng(seed)
         best, best_j = None, np.inf
-        for _ in range(max(1, n_init)):
-            lab = _local(x, w, p, n, lam, scatter, total, rng)
+        restarts = max(1, n_init) if m <= large_m else 1
+        for _ in range(restarts):
+            lab = _local(x, w, p, n, lam, scatter, total, rng, large_m=large_m)
             j = objective(x, w, p, lab, n, lam)[0]
             if j < best_j - 1e-12:
                 best, best_j = lab, j
