@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "components.serving.commands",
     "components.tokenizer.commands",
     "components.evaluation.commands",
+    "components.rebalancer.commands",
 ]
 
 

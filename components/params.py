@@ -46,6 +46,7 @@ class RegistryParams(Section):
 
 # Component sections (imported here, after Section exists, so each component may subclass it).
 from components.evaluation.params import EvaluationParams  # noqa: E402
+from components.rebalancer.params import RebalanceParams  # noqa: E402
 from components.retrieval.params import RetrievalParams  # noqa: E402
 from components.tokenizer.params import TokenizerParams  # noqa: E402
 
@@ -59,6 +60,7 @@ class Params(Section):
     retrieval: RetrievalParams = Field(default_factory=RetrievalParams, description="similar-user retrieval (BM25 + faiss)")
     tokenizer: TokenizerParams = Field(default_factory=TokenizerParams, description="item text → embeddings → semantic IDs")
     evaluation: EvaluationParams = Field(default_factory=EvaluationParams, description="accuracy and popularity-bias metrics, baselines, report")
+    rebalance: RebalanceParams = Field(default_factory=RebalanceParams, description="CRAB codebook rebalancing")
 
 
 class ParamsError(ValueError):

@@ -1,0 +1,126 @@
+"""The ``rebalance`` stage as one function: load the input codebook and dataset artifacts, split,
+write ``codebook/<name>`` (parents: input codebook, dataset[, embeddings]) and return metrics.
+
+With ``enabled: false`` it is a no-op that passes the input through: the input codebook is
+re-saved unchanged under the output name (parent = the input codebook, params
+``rebalance.enabled: false``, ``stats.json`` ``rebalanced: false``), so the downstream stage always reads ``codebook/<dataset>-crab@latest``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from components.rebalancer.crab import RebalanceError, RebalanceResult, detect_semantic_levels, rebalance_codebook
+from components.rebalancer.popularity import level_stats, token_popularity
+from components.rebalancer.params import RebalanceParams
+from components.registry import Artifact, ArtifactCorrupted, Registry
+from components.tokenizer.codebook import Codebook
+
+
+@dataclass
+class StageOutput:
+    artifact: Artifact
+    metrics: dict[str, Any]
+    result: RebalanceResult | None
+    popularity_before: list[np.ndarray]
+    popularity_after: list[np.ndarray]
+    plot_levels: list[int]
+
+
+def codebook_ref(value: str) -> str:
+    """A bare name means ``codebook/<name>@latest``."""
+    return value if "/" in value else f"codebook/{value}@latest"
+
+
+def load_embeddings(art: Artifact) -> np.ndarray:
+    """The first 2-D float array of an embeddings artifact: ``*.npy`` or ``*.safetensors``."""
+    for f in art.manifest.files:
+        if f.path.endswith(".npy"):
+            arr = art.load_numpy(f.path)
+            if arr.ndim == 2 and np.issubdtype(arr.dtype, np.floating):
+                return arr.astype(np.float32, copy=False)
+        if f.path.endswith(".safetensors"):
+            for t in art.load_safetensors(f.path).values():
+                if t.ndim == 2 and t.is_floating_point():
+                    return t.float().numpy()
+    raise ArtifactCorrupted(f"{art.ref} holds no 2-D float array (.npy or .safetensors) of item embeddings")
+
+
+def run_rebalance(registry: Registry, params: RebalanceParams, dataset: str, seed: int = 2024, progress: bool = False) -> StageOutput:
+    from components.data.dataset import Dataset
+
+    cb_art = registry.load(codebook_ref(params.codebook))
+    cb = Codebook.from_artifact(cb_art)  # raises ArtifactCorrupted when the stored tree disagrees with the SIDs
+    ds_art = registry.load(f"dataset/{dataset}@latest")
+    ds = Dataset.from_artifact(ds_art)
+    cb.check_dataset(ds_art.ref, ds.n_items)
+    if list(cb.item_ids) != list(ds.item_ids):
+        raise RebalanceError(f"{cb_art.ref} lists items in another order than {ds_art.ref}")
+    name = params.name or f"{dataset}-crab"
+    pdict = params.model_dump(mode="json")
+    if not params.enabled:
+        cb.stats = {**(cb.stats or {}), "rebalanced": False}
+        art = cb.save(registry, name, parents=[cb_art, ds_art], params={"rebalance": pdict})
+        counts = ds.train_item_counts()
+        pop = [token_popularity(cb.sids, counts, lvl, cb.sizes[lvl]) for lvl in range(cb.n_levels)]
+        n_sem = params.semantic_levels or detect_semantic_levels(cb)
+        metrics = {"enabled": False, "input": cb_art.ref, "output": art.ref,
+                   "levels": {f"level_{s['level']}": s for s in level_stats(cb.sids, counts, cb.sizes)}}
+        return StageOutput(art, metrics, None, pop, pop, list(range(n_sem)))
+    emb = None
+    parents: list[Any] = [cb_art, ds_art]
+    if params.embeddings:
+        e_art = registry.load(params.embeddings)
+        emb = load_embeddings(e_art)
+        parents.append(e_art)
+    result = rebalance_codebook(
+        cb,
+        ds.train_item_counts(),
+        embeddings=emb,
+        item_text=ds.item_text,
+        split_ratio=params.split_ratio,
+        max_splits=params.max_splits,
+        levels=params.levels,
+        lam=params.lam,
+        n_init=params.n_init,
+        semantic_levels=params.semantic_levels,
+        seed=seed,
+        exact_max=params.exact_max,
+        text_dim=params.text_dim,
+        progress=progress,
+    )
+    result.codebook.dataset_ref = ds_art.ref
+    art = result.codebook.save(registry, name, parents=parents, params={"rebalance": pdict, "seed": seed})
+    return StageOutput(art, stage_metrics(result, cb_art.ref, art.ref), result, result.popularity_before,
+                       result.popularity_after, list(range(result.semantic_levels)))
+
+
+def stage_metrics(result: RebalanceResult, input_ref: str, output_ref: str) -> dict[str, Any]:
+    levels = {}
+    for row in result.summary()["levels"]:
+        b, a = row["before"], row["after"]
+        levels[f"level_{row['level']}"] = {
+            "split": row["split"],
+            "n_split_tokens": row["n_split_tokens"],
+            "vocab_before": b["vocab"],
+            "vocab_after": a["vocab"],
+            "max_before": b["max"],
+            "max_after": a["max"],
+            "top_share_before": round(b["top_share"], 6),
+            "top_share_after": round(a["top_share"], 6),
+            "top10pct_share_before": round(b["top10pct_share"], 6),
+            "top10pct_share_after": round(a["top10pct_share"], 6),
+            "gini_before": round(b["gini"], 6),
+            "gini_after": round(a["gini"], 6),
+        }
+    return {
+        "enabled": True,
+        "input": input_ref,
+        "output": output_ref,
+        "feature_source": result.feature_source,
+        "collisions": result.codebook.n_collisions(),
+        "levels": levels,
+    }
