@@ -23,6 +23,7 @@ from components.registry import ArtifactError, Registry
 COMMAND_MODULES = [
     "components.data.commands",
     "components.registry.commands",
+    "components.generator.commands",
 ]
 
 

@@ -14,6 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from components.generator.params import GeneratorParams
+
 
 class Section(BaseModel):
     """Base of every params section: unknown keys are errors, values are validated on assignment."""
@@ -50,6 +52,7 @@ class Params(Section):
     seed: int = Field(2024, description="global random seed")
     data: DataParams = Field(default_factory=DataParams)
     registry: RegistryParams = Field(default_factory=RegistryParams)
+    generator: GeneratorParams = Field(default_factory=GeneratorParams)
 
 
 class ParamsError(ValueError):
