@@ -143,3 +143,23 @@ def naive_beam_search(model: GenerativeRecommender, history, trie, beam: int, k:
         beams = cands[:beam]
     items = trie.items_of(torch.tensor([b[0] for b in beams[:k]]))
     return items.tolist(), [b[1] for b in beams[:k]]
+
+
+def synthetic_dataset(n_items: int = 24, n_users: int = 48, seq_len: int = 8, max_history: int = 4, seed: int = 0):
+    """Users walk the catalog: item i is followed by i+1 (mod n). Leave-one-out splits."""
+    from components.data.dataset import Dataset, Split
+
+    rng = np.random.default_rng(seed)
+    seqs = []
+    for _ in range(n_users):
+        s = int(rng.integers(n_items))
+        seqs.append([(s + j) % n_items for j in range(seq_len)])
+    rows = {"train": ([], [], []), "valid": ([], [], []), "test": ([], [], [])}
+    for u, seq in enumerate(seqs):
+        for t in range(1, len(seq) - 2):
+            rows["train"][0].append(u), rows["train"][1].append(seq[:t]), rows["train"][2].append(seq[t])
+        rows["valid"][0].append(u), rows["valid"][1].append(seq[: len(seq) - 2]), rows["valid"][2].append(seq[-2])
+        rows["test"][0].append(u), rows["test"][1].append(seq[: len(seq) - 1]), rows["test"][2].append(seq[-1])
+    splits = {k: Split.from_lists(*v, max_history=max_history) for k, v in rows.items()}
+    return Dataset(name="synth", item_ids=[f"i{i}" for i in range(n_items)], item_text=[{"title": f"item {i}"} for i in range(n_items)],
+                   user_ids=[f"u{u}" for u in range(n_users)], sequences=seqs, splits=splits, max_history=max_history)

@@ -12,4 +12,4 @@ class UnknownItemsError(GeneratorError):
         self.unknown = list(unknown)
         shown = ", ".join(repr(u) for u in self.unknown[:10])
         more = f" (+{len(self.unknown) - 10} more)" if len(self.unknown) > 10 else ""
-        super().__init__(f"unknown item ids in histories: {shown}{more}; pass skip_unknown=True to drop them")
+        super().__init__(f"unknown item ids in histories: {shown}{more}; pass skip_unknown=True (CLI: --skip-unknown) to drop them")

@@ -93,14 +93,18 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir else None
         self.extra_losses = extra_losses or {}
         self.progress = progress
-        cfg = {"model": model.config_dict(), "train": params.model_dump(), "seed": seed, "fingerprint": fingerprint}
+        # epochs / patience / resume may change between invocations (extend a run); all else must match
+        tp = params.model_dump(exclude={"epochs", "patience", "resume", "device", "num_threads"})
+        cfg = {"model": model.config_dict(), "train": tp, "seed": seed, "fingerprint": fingerprint}
         self.config_hash = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def _encode_split(self, split) -> tuple[EncodedHistory, torch.Tensor]:
         hist = self.model.vocab.encode_history(split.history, self.model.max_items, append_eos=self.model.backbone.append_eos)
         return hist.to(self.device), torch.as_tensor(split.target, dtype=torch.long, device=self.device)
 
-    def fit(self) -> TrainResult:
+    def fit(self, stop_after: int | None = None) -> TrainResult:
+        """Train until ``epochs``, early stopping, or ``stop_after`` epochs in this call (a time box;
+        a later call with the same run directory continues exactly where this one stopped)."""
         p = self.params
         torch.set_num_threads(p.num_threads)
         seed_everything(self.seed)
@@ -189,9 +193,11 @@ class Trainer:
             if bad >= p.patience:
                 stopped = True
                 break
+            if stop_after is not None and epoch + 1 - start_epoch >= stop_after:
+                break
         return TrainResult(best_state=best_state, history=history, best_epoch=best_epoch, best_valid=best,
                            epochs_run=len(history), stopped_early=stopped,
-                           samples_per_s=(n_seen / t_train) if t_train > 0 else 0.0, train_seconds=t_train, resumed_from=start_epoch,
+                           samples_per_s=(n_seen / t_train) if t_train > 0 else float(np.mean([h["samples_per_s"] for h in history] or [0.0])), train_seconds=t_train, resumed_from=start_epoch,
                            extra={"valid_samples": int(len(vidx)), "steps_per_epoch": steps_per_epoch, "device": str(self.device)})
 
     # ---- resumable run directory ----------------------------------------------------------
