@@ -111,3 +111,17 @@ def test_beam_wider_than_catalog_returns_every_item_once():
     trie = SIDTrie(sids, SIZES)
     res = constrained_beam_search(model, model.encode_history([[1, 2]]), trie, beam=50, k=7)
     assert sorted(res.items[0].tolist()) == list(range(7))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("kind", ["tiger", "decoder_lm"])
+def test_cuda_beam_equals_cpu(kind):
+    sids = random_sids(SIZES, 30, seed=4)
+    model = tiny_model(kind, sids, SIZES, heads=[ProbeHead(32, n_query=1)])
+    trie = SIDTrie(sids, SIZES)
+    cpu = constrained_beam_search(model, model.encode_history(HISTORIES), trie, beam=8, k=8)
+    model.cuda()
+    gpu = constrained_beam_search(model, model.encode_history(HISTORIES), trie.to("cuda"), beam=8, k=8)
+    assert torch.equal(cpu.items, gpu.items.cpu())
+    assert torch.allclose(cpu.scores, gpu.scores.cpu(), atol=1e-3)

@@ -50,6 +50,10 @@ class Backbone(nn.Module):
         Returns hidden states [N, q, d] and the updated state (cache etc.)."""
         raise NotImplementedError
 
+    def sid_embeddings(self) -> torch.Tensor:
+        """Input embeddings of the whole SID vocabulary, [V, d] (differentiable; row = SID token id)."""
+        return self.embed(torch.arange(self.vocab.size, device=next(self.parameters()).device))
+
     def select(self, state: dict[str, Any], idx: torch.Tensor) -> None:
         """Keep rows ``idx`` of the decoding state (beam reorder / expansion), in place."""
         cache = state.get("cache")
