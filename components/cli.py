@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     "components.tokenizer.commands",
     "components.evaluation.commands",
     "components.rebalancer.commands",
+    "components.generator.commands",
 ]
 
 

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 
+
 class Section(BaseModel):
     """Base of every params section: unknown keys are errors, values are validated on assignment."""
 
@@ -46,6 +47,7 @@ class RegistryParams(Section):
 
 # Component sections (imported here, after Section exists, so each component may subclass it).
 from components.evaluation.params import EvaluationParams  # noqa: E402
+from components.generator.params import GeneratorParams  # noqa: E402
 from components.rebalancer.params import RebalanceParams  # noqa: E402
 from components.retrieval.params import RetrievalParams  # noqa: E402
 from components.tokenizer.params import TokenizerParams  # noqa: E402
@@ -61,6 +63,7 @@ class Params(Section):
     tokenizer: TokenizerParams = Field(default_factory=TokenizerParams, description="item text → embeddings → semantic IDs")
     evaluation: EvaluationParams = Field(default_factory=EvaluationParams, description="accuracy and popularity-bias metrics, baselines, report")
     rebalance: RebalanceParams = Field(default_factory=RebalanceParams, description="CRAB codebook rebalancing")
+    generator: GeneratorParams = Field(default_factory=GeneratorParams, description="generator backbone, heads, training and decoding")
 
 
 class ParamsError(ValueError):

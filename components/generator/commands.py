@@ -1,0 +1,219 @@
+"""``genrec train``, ``genrec rank``, ``genrec recommend`` and ``genrec import-sids``."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from components.data.dataset import Dataset
+from components.registry import Artifact, ArtifactNotFound
+from components.registry.store import atomic_write_text
+from components.tokenizer.codebook import Codebook
+
+log = logging.getLogger(__name__)
+
+
+def register(sub) -> None:
+    t = sub.add_parser("train", help="train the generator (generator: params) and write a generator/<name> checkpoint")
+    t.add_argument("--codebook", default=None, help="codebook ref (default: generator.codebook, else the latest for data.dataset)")
+    t.add_argument("--dataset", default=None, help="dataset ref (default: dataset/<data.dataset>@latest)")
+    t.add_argument("--name", default=None, help="checkpoint name (default: generator.name or <dataset>-<backbone>)")
+    t.add_argument("--run-dir", default=None, help="resumable run directory (default: .genrec/runs/<name>)")
+    t.add_argument("--metrics-out", default=None, help="write training metrics JSON here (a DVC metric)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bars")
+    t.set_defaults(func=cmd_train)
+
+    r = sub.add_parser("rank", help="rank valid/test with constrained beam search; write rankings/<name> and HR/NDCG")
+    r.add_argument("--checkpoint", default=None, help="generator ref (default: generator/<name>@latest)")
+    r.add_argument("--dataset", default=None, help="dataset ref (default: the checkpoint's dataset)")
+    r.add_argument("--splits", nargs="+", default=["valid", "test"], choices=["valid", "test"])
+    r.add_argument("--metrics-out", default=None, help="write HR/NDCG@5/10 JSON here (a DVC metric)")
+    r.add_argument("--no-progress", action="store_true")
+    r.set_defaults(func=cmd_rank)
+
+    c = sub.add_parser("recommend", help="top-k items for histories of external item ids")
+    c.add_argument("--checkpoint", default=None, help="generator ref (default: generator/<name>@latest)")
+    c.add_argument("--history", action="append", required=True, help="comma-separated item ids, oldest first (repeatable; '' = empty)")
+    c.add_argument("-k", type=int, default=10)
+    c.add_argument("--beam", type=int, default=None, help="beam width (default: generator.decode.beam)")
+    c.add_argument("--skip-unknown", action="store_true", help="drop unknown item ids instead of failing")
+    c.add_argument("--json", action="store_true", help="print JSON")
+    c.set_defaults(func=cmd_recommend)
+
+    i = sub.add_parser("import-sids", help="codebook artifact from a released SID index json (e.g. MiniOneRec's)")
+    i.add_argument("path", help="index json {item id: ['<a_1>', '<b_2>', ...]}")
+    i.add_argument("--dataset", default=None, help="dataset ref (default: dataset/<data.dataset>@latest)")
+    i.add_argument("--name", default=None, help="codebook name (default: <dataset>-reference)")
+    i.set_defaults(func=cmd_import_sids)
+
+
+# ---- helpers -------------------------------------------------------------------------------
+def _gp(ctx):
+    return ctx.params.generator.effective()
+
+
+def _checkpoint_name(ctx, gp) -> str:
+    return gp.name or f"{ctx.params.data.dataset}-{gp.backbone}"
+
+
+def _write_json(path: str, obj) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(path), json.dumps(obj, indent=2, default=float) + "\n")
+
+
+def import_reference_codebook(registry, path: str, dataset_art: Artifact, name: str | None = None) -> Artifact:
+    from components.tokenizer.reference import codebook_from_index_json
+
+    ds = Dataset.from_artifact(dataset_art)
+    cb = codebook_from_index_json(path, ds)
+    cb.dataset_ref = dataset_art.ref
+    return cb.save(registry, name or f"{ds.name}-reference", parents=[dataset_art.ref], params={"source": str(path)})
+
+
+def resolve_codebook(ctx, gp, dataset_art: Artifact, explicit: str | None) -> Artifact:
+    """The codebook to train on: explicit ref > generator.codebook > latest codebook built from the
+    dataset > the released reference SIDs (imported as codebook/<dataset>-reference, with a notice)."""
+    reg = ctx.registry
+    ref = explicit or gp.codebook
+    if ref:
+        return reg.load(ref)
+    ds_name = dataset_art.ref.split("@")[0]
+    cands = [a for a in reg.list("codebook") if str(a.meta.get("dataset") or "").split("@")[0] == ds_name]
+    if cands:
+        return max(cands, key=lambda a: a.manifest.created)
+    path = gp.reference_sids
+    if path == "auto":
+        path = f"data/raw/{ctx.params.data.dataset}/reference/minionerec.index.json"
+    if path and Path(path).exists():
+        print(f"genrec train: no codebook artifact for {ds_name}; using the released reference SIDs {path}")
+        return import_reference_codebook(reg, path, dataset_art)
+    raise ArtifactNotFound(f"no codebook for {ds_name}: run `genrec tokenize` (or `genrec import-sids PATH`), "
+                           f"or set generator.codebook / generator.reference_sids")
+
+
+def _extra_losses(gp, model, codebook):
+    spec = gp.train.extra_loss
+    if not spec:
+        return {}
+    mod, _, fn = spec.partition(":")
+    if not fn:
+        raise ValueError(f"generator.train.extra_loss {spec!r}: expected 'module:factory'")
+    factory = getattr(importlib.import_module(mod), fn)
+    return {"extra": (factory(model, codebook), gp.train.extra_loss_weight)}
+
+
+def build_model(gp, vocab, max_items: int):
+    from components.generator.model import GenerativeRecommender
+
+    bb = {"kind": gp.backbone, **(gp.tiger.model_dump() if gp.backbone == "tiger" else gp.decoder_lm.model_dump())}
+    return GenerativeRecommender.from_config({"backbone": bb, "heads": gp.heads, "max_items": max_items}, vocab)
+
+
+# ---- commands ------------------------------------------------------------------------------
+def cmd_train(args, ctx) -> int:
+    import torch
+
+    from components.generator.checkpoint import save_checkpoint
+    from components.generator.decoding import SIDTrie
+    from components.generator.model import seed_everything
+    from components.generator.train import Trainer
+    from components.generator.vocab import SIDVocab
+
+    gp = _gp(ctx)
+    reg = ctx.registry
+    ds_art = reg.load(args.dataset or f"dataset/{ctx.params.data.dataset}@latest")
+    ds = Dataset.from_artifact(ds_art)
+    cb_art = resolve_codebook(ctx, gp, ds_art, args.codebook)
+    cb = Codebook.from_artifact(cb_art)
+    cb.check_dataset(ds_art.ref, ds.n_items)
+    vocab = SIDVocab.from_codebook(cb)
+    max_items = gp.max_items or ds.max_history
+    torch.set_num_threads(gp.train.num_threads)
+    seed_everything(ctx.params.seed)
+    model = build_model(gp, vocab, max_items)
+    name = args.name or _checkpoint_name(ctx, gp)
+    run_dir = args.run_dir or f".genrec/runs/{name}"
+    trainer = Trainer(model, ds, SIDTrie(cb.sids, cb.sizes), gp.train, seed=ctx.params.seed, eval_beam=gp.decode.beam,
+                      run_dir=run_dir, extra_losses=_extra_losses(gp, model, cb), progress=not args.no_progress,
+                      fingerprint=vocab.fingerprint() + ds_art.ref)
+    res = trainer.fit()
+    n_params = sum(p.numel() for p in model.parameters())
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    summary = {"best_epoch": res.best_epoch, "epochs_run": res.epochs_run, "stopped_early": res.stopped_early,
+               "train_samples_per_s": round(res.samples_per_s, 2), "train_seconds": round(res.train_seconds, 1),
+               "params": n_params, "trainable_params": n_train, **{f"valid.{k}": v for k, v in res.best_valid.items()}, **res.extra}
+    params = {"seed": ctx.params.seed, "generator": gp.model_dump(mode="json"), "max_items": max_items}
+    art = save_checkpoint(reg, name, model, cb_art.ref, ds_art.ref, params, meta=summary, state_dict=res.best_state,
+                          popularity=ds.train_item_counts())
+    print(f"wrote {art.ref}: best valid NDCG@10 {res.best_valid.get('ndcg@10', float('nan')):.4f} at epoch {res.best_epoch} "
+          f"({res.epochs_run} epochs, {res.samples_per_s:.0f} samples/s)")
+    if args.metrics_out:
+        _write_json(args.metrics_out, {"checkpoint": art.ref, **summary, "history": res.history})
+    return 0
+
+
+def cmd_rank(args, ctx) -> int:
+    from components.generator.checkpoint import load_checkpoint
+    from components.generator.decoding import SIDTrie
+    from components.generator.ranking import accuracy, rank_histories
+    from components.generator.train import resolve_device
+
+    gp = _gp(ctx)
+    reg = ctx.registry
+    ref = args.checkpoint or f"generator/{_checkpoint_name(ctx, gp)}@latest"
+    device = resolve_device(gp.train.device)
+    model, cb, art = load_checkpoint(reg, ref, device=str(device))
+    ds_art = reg.load(args.dataset or art.meta["dataset"])
+    ds = Dataset.from_artifact(ds_art)
+    cb.check_dataset(ds_art.ref, ds.n_items)
+    trie = SIDTrie(cb.sids, cb.sizes).to(device)
+    k = min(gp.decode.k, cb.n_items)
+    beam = max(gp.decode.beam, k)
+    arrays, metrics = {}, {"checkpoint": art.ref, "beam": beam, "k": k}
+    for split in args.splits:
+        sp = ds.splits[split]
+        n = len(sp) if gp.decode.max_samples == 0 else min(len(sp), gp.decode.max_samples)
+        topk, scores = rank_histories(model, trie, sp.history[:n], k=k, beam=beam, batch_size=gp.decode.batch_size,
+                                      progress=not args.no_progress, desc=split)
+        arrays.update({f"{split}_topk": topk, f"{split}_scores": scores, f"{split}_targets": sp.target[:n].astype(np.int32)})
+        metrics[split] = {"n": n, **accuracy(topk, sp.target[:n], ks=(5, 10))}
+        print(f"{split}: n={n} " + " ".join(f"{m}={v:.4f}" for m, v in metrics[split].items() if m != "n"))
+    name = art.manifest.name
+    with reg.create("rankings", name, parents=[art.ref, ds_art.ref], params={"beam": beam, "k": k, "max_samples": gp.decode.max_samples}) as w:
+        w.write_npz("rankings.npz", **arrays)
+        w.write_json("metrics.json", metrics)
+        w.meta.update({"checkpoint": art.ref, **{f"{s}.{m}": v for s in args.splits for m, v in metrics[s].items()}})
+    print(f"wrote {w.artifact.ref}")
+    if args.metrics_out:
+        _write_json(args.metrics_out, {**metrics, "rankings": w.artifact.ref})
+    return 0
+
+
+def cmd_recommend(args, ctx) -> int:
+    from components.generator.recommend import Recommender
+
+    gp = _gp(ctx)
+    ref = args.checkpoint or f"generator/{_checkpoint_name(ctx, gp)}@latest"
+    rec = Recommender.from_registry(ctx.registry, ref)
+    histories = [[x.strip() for x in h.split(",") if x.strip()] for h in args.history]
+    out = rec.recommend(histories, k=args.k, beam=args.beam or max(gp.decode.beam, args.k), skip_unknown=args.skip_unknown)
+    if args.json:
+        print(json.dumps([{"items": ids, "scores": [round(float(s), 5) for s in sc], "fallback": bool(fb), "skipped": sk}
+                          for ids, sc, fb, sk in zip(out.item_ids, out.scores, out.fallback, out.skipped)]))
+    else:
+        for h, ids, fb, sk in zip(histories, out.item_ids, out.fallback, out.skipped):
+            note = " (empty history: popularity fallback)" if fb else ""
+            note += f" (skipped unknown {sk})" if sk else ""
+            print(f"[{', '.join(h)}] -> {', '.join(ids)}{note}")
+    return 0
+
+
+def cmd_import_sids(args, ctx) -> int:
+    ds_art = ctx.registry.load(args.dataset or f"dataset/{ctx.params.data.dataset}@latest")
+    art = import_reference_codebook(ctx.registry, args.path, ds_art, args.name)
+    print(f"wrote {art.ref}: sizes {art.meta['sizes']}")
+    return 0
