@@ -107,3 +107,13 @@ def test_crab_lora_trains_attention_adapters_and_embeddings_only():
     assert not any("mlp" in n for n in trainable)
     with pytest.raises(ValueError, match="no attention projections"):
         attention_lora_targets(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+
+
+def test_attention_targets_on_t5_cover_self_and_cross_attention():
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    cfg = T5Config(vocab_size=32, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_decoder_layers=1, num_heads=2,
+                   decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    names = attention_lora_targets(T5ForConditionalGeneration(cfg))
+    assert len(names) == 12  # encoder self (4) + decoder self (4) + decoder cross (4)
+    assert all(("SelfAttention" in n or "EncDecAttention" in n) and n.rsplit(".", 1)[1] in "qkvo" for n in names)

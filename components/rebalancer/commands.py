@@ -39,6 +39,8 @@ def cmd_rebalance(args, ctx) -> int:
     else:
         print(f"wrote {out.artifact.ref} (sizes {out.result.codebook.sizes}, features: {out.result.feature_source})")
         for lvl, row in out.metrics["levels"].items():
+            if int(lvl.split("_")[1]) not in out.plot_levels:
+                continue
             print(f"  {lvl}: top share {row['top_share_before']:.4f} -> {row['top_share_after']:.4f}, "
                   f"gini {row['gini_before']:.4f} -> {row['gini_after']:.4f}, vocab {row['vocab_before']} -> {row['vocab_after']}")
     if args.metrics_out:
