@@ -49,12 +49,15 @@ def load_embeddings(art: Artifact) -> np.ndarray:
     raise ArtifactCorrupted(f"{art.ref} holds no 2-D float array (.npy or .safetensors) of item embeddings")
 
 
-def run_rebalance(registry: Registry, params: RebalanceParams, dataset: str, seed: int = 2024, progress: bool = False) -> StageOutput:
+def run_rebalance(registry: Registry, params: RebalanceParams, dataset: str, seed: int = 2024, progress: bool = False,
+                  dataset_ref: str | None = None) -> StageOutput:
+    """``dataset`` names the output (``<dataset>-crab``); ``dataset_ref`` (default
+    ``dataset/<dataset>@latest``) is the dataset whose training counts define popularity."""
     from components.data.dataset import Dataset
 
     cb_art = registry.load(codebook_ref(params.codebook))
     cb = Codebook.from_artifact(cb_art)  # raises ArtifactCorrupted when the stored tree disagrees with the SIDs
-    ds_art = registry.load(f"dataset/{dataset}@latest")
+    ds_art = registry.load(dataset_ref or f"dataset/{dataset}@latest")
     ds = Dataset.from_artifact(ds_art)
     cb.check_dataset(ds_art.ref, ds.n_items)
     if list(cb.item_ids) != list(ds.item_ids):

@@ -33,7 +33,13 @@ def _tokenizer(args, ctx):
     return [registration(TokenizerService(ctx.registry, ref, p.tokenizer, seed=p.seed))]
 
 
-SERVICES = {"retrieval": _retrieval, "tokenizer": _tokenizer}
+def _rebalancer(args, ctx):
+    from components.rebalancer.service import RebalancerService, registration
+
+    return [registration(RebalancerService(ctx.registry, ctx.params.rebalance, seed=ctx.params.seed, default_dataset=ctx.params.data.dataset))]
+
+
+SERVICES = {"retrieval": _retrieval, "tokenizer": _tokenizer, "rebalancer": _rebalancer}
 
 
 def cmd_serve(args, ctx) -> int:

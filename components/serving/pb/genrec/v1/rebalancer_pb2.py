@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from components.serving.pb.genrec.v1 import common_pb2 as genrec_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1agenrec/v1/rebalancer.proto\x12\tgenrec.v1\x1a\x16genrec/v1/common.proto\"\x8e\x01\n\x10RebalanceRequest\x12\x14\n\x0c\x63odebook_ref\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x61taset_ref\x18\x02 \x01(\t\x12\x13\n\x0bsplit_ratio\x18\x03 \x01(\x02\x12\x12\n\nmax_splits\x18\x04 \x01(\x05\x12\x16\n\x0e\x62\x61lance_weight\x18\x05 \x01(\x02\x12\x0e\n\x06levels\x18\x06 \x03(\x05\"l\n\x11RebalanceResponse\x12\x14\n\x0c\x63odebook_ref\x18\x01 \x01(\t\x12 \n\x06\x62\x65\x66ore\x18\x02 \x01(\x0b\x32\x10.genrec.v1.Stats\x12\x1f\n\x05\x61\x66ter\x18\x03 \x01(\x0b\x32\x10.genrec.v1.Stats2T\n\nRebalancer\x12\x46\n\tRebalance\x12\x1b.genrec.v1.RebalanceRequest\x1a\x1c.genrec.v1.RebalanceResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1agenrec/v1/rebalancer.proto\x12\tgenrec.v1\x1a\x16genrec/v1/common.proto\"\xa6\x01\n\x10RebalanceRequest\x12\x14\n\x0c\x63odebook_ref\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x61taset_ref\x18\x02 \x01(\t\x12\x13\n\x0bsplit_ratio\x18\x03 \x01(\x02\x12\x12\n\nmax_splits\x18\x04 \x01(\x05\x12\x1b\n\x0e\x62\x61lance_weight\x18\x05 \x01(\x02H\x00\x88\x01\x01\x12\x0e\n\x06levels\x18\x06 \x03(\x05\x42\x11\n\x0f_balance_weight\"l\n\x11RebalanceResponse\x12\x14\n\x0c\x63odebook_ref\x18\x01 \x01(\t\x12 \n\x06\x62\x65\x66ore\x18\x02 \x01(\x0b\x32\x10.genrec.v1.Stats\x12\x1f\n\x05\x61\x66ter\x18\x03 \x01(\x0b\x32\x10.genrec.v1.Stats2T\n\nRebalancer\x12\x46\n\tRebalance\x12\x1b.genrec.v1.RebalanceRequest\x1a\x1c.genrec.v1.RebalanceResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,9 +33,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'genrec.v1.rebalancer_pb2', 
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_REBALANCEREQUEST']._serialized_start=66
-  _globals['_REBALANCEREQUEST']._serialized_end=208
-  _globals['_REBALANCERESPONSE']._serialized_start=210
-  _globals['_REBALANCERESPONSE']._serialized_end=318
-  _globals['_REBALANCER']._serialized_start=320
-  _globals['_REBALANCER']._serialized_end=404
+  _globals['_REBALANCEREQUEST']._serialized_end=232
+  _globals['_REBALANCERESPONSE']._serialized_start=234
+  _globals['_REBALANCERESPONSE']._serialized_end=342
+  _globals['_REBALANCER']._serialized_start=344
+  _globals['_REBALANCER']._serialized_end=428
 # @@protoc_insertion_point(module_scope)
