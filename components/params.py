@@ -50,6 +50,7 @@ from components.evaluation.params import EvaluationParams  # noqa: E402
 from components.generator.params import GeneratorParams  # noqa: E402
 from components.rebalancer.params import RebalanceParams  # noqa: E402
 from components.retrieval.params import RetrievalParams  # noqa: E402
+from components.serving.params import ServingParams  # noqa: E402
 from components.tokenizer.params import TokenizerParams  # noqa: E402
 
 
@@ -64,6 +65,7 @@ class Params(Section):
     evaluation: EvaluationParams = Field(default_factory=EvaluationParams, description="accuracy and popularity-bias metrics, baselines, report")
     rebalance: RebalanceParams = Field(default_factory=RebalanceParams, description="CRAB codebook rebalancing")
     generator: GeneratorParams = Field(default_factory=GeneratorParams, description="generator backbone, heads, training and decoding")
+    serving: ServingParams = Field(default_factory=ServingParams, description="gRPC services and BentoML bundle: bounds, addresses, timeouts")
 
 
 class ParamsError(ValueError):

@@ -39,7 +39,47 @@ def _rebalancer(args, ctx):
     return [registration(RebalancerService(ctx.registry, ctx.params.rebalance, seed=ctx.params.seed, default_dataset=ctx.params.data.dataset))]
 
 
-SERVICES = {"retrieval": _retrieval, "tokenizer": _tokenizer, "rebalancer": _rebalancer}
+def _generator(args, ctx):
+    from components.generator.recommend import Recommender
+    from components.generator.service import GeneratorService, Limits, registration
+    from components.serving.clients import RetrievalClient, TokenizerClient
+    from components.tokenizer.encoders import resolve_device
+
+    p, sp = ctx.params, ctx.params.serving
+    ref = args.artifact or f"generator/{p.generator.name or p.data.dataset + '-' + p.generator.backbone}@latest"
+    art = ctx.registry.load(ref)
+    rec = Recommender.from_registry(ctx.registry, art.ref, device=resolve_device(sp.device), batch_size=sp.max_batch)
+    kw = {"timeout_s": sp.client_timeout_s, "retries": sp.client_retries}
+    service = GeneratorService(
+        rec, art.ref, registry=ctx.registry,
+        limits=Limits(sp.max_history, sp.max_k, sp.max_beam, sp.max_batch, sp.default_beam),
+        tokenizer=TokenizerClient(sp.tokenizer_address, **kw) if sp.tokenizer_address else None,
+        retrieval=RetrievalClient(sp.retrieval_address, **kw) if sp.retrieval_address else None,
+        codebook_ref=art.load_json("config.json").get("codebook"),
+    )
+    if sp.refresh_s > 0 and service.tokenizer is not None:
+        _poll(service, sp.refresh_s)
+    return [registration(service)]
+
+
+def _poll(service, every_s: float) -> None:
+    """Ask the tokenizer for a new codebook every ``every_s`` seconds (daemon thread)."""
+    import threading
+
+    log = logging.getLogger("genrec.serving")
+
+    def loop() -> None:
+        stop = threading.Event()
+        while not stop.wait(every_s):
+            try:
+                service.refresh()
+            except Exception as e:  # noqa: BLE001 (a failed poll must not kill the server)
+                log.warning("codebook refresh failed: %s", e)
+
+    threading.Thread(target=loop, daemon=True, name="codebook-refresh").start()
+
+
+SERVICES = {"retrieval": _retrieval, "tokenizer": _tokenizer, "rebalancer": _rebalancer, "generator": _generator}
 
 
 def cmd_serve(args, ctx) -> int:

@@ -1,0 +1,187 @@
+"""The generator gRPC service: ``Recommend`` / ``RecommendBatch`` over a generator checkpoint.
+
+- Bounds from params (``serving:``): history length, k, beam, batch size → INVALID_ARGUMENT.
+- Unknown item ids → INVALID_ARGUMENT listing them (or dropped and reported with
+  ``skip_unknown``); empty histories → popularity fallback, ``fallback_used``.
+- **Live new items**: when a request names unknown items and a tokenizer service is configured,
+  the service asks it for its current codebook ref; if that changed (``AddItems`` wrote a new
+  codebook), the new codebook is loaded from the shared registry, checked to extend the model's
+  (same level sizes, every old item keeps its SID) and swapped in atomically — a new trie, the
+  same model, no restart — and the request is retried. :meth:`refresh` can also be called on a
+  timer.
+- **Retrieval**: with ``heads.use_retrieval`` and a retrieval service configured, similar users
+  are fetched over gRPC (deadline + retries) and handed to the model's retrieval-aware head; if
+  the service is down the answer comes without augmentation and ``retrieval_unavailable`` is set.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from components.generator.errors import GeneratorError, UnknownItemsError
+from components.generator.recommend import Recommender
+from components.generator.vocab import SIDVocab
+from components.registry import ArtifactIncompatible, Registry
+from components.serving.clients import RetrievalClient, TokenizerClient
+from components.serving.grpc_server import Unavailable, unary
+from components.serving.pb.genrec.v1 import generator_pb2, generator_pb2_grpc
+from components.tokenizer.codebook import Codebook
+
+log = logging.getLogger("genrec.generator.service")
+SERVICE_NAME = "genrec.v1.Generator"
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_history: int = 200
+    max_k: int = 100
+    max_beam: int = 200
+    max_batch: int = 256
+    default_beam: int = 20
+
+
+def rebind_codebook(rec: Recommender, cb: Codebook) -> Recommender:
+    """A Recommender over the same model with ``cb``, which must extend the model's codebook."""
+    old = rec.codebook
+    n = old.n_items
+    if list(cb.sizes) != list(old.sizes):
+        raise ArtifactIncompatible(f"new codebook level sizes {cb.sizes} differ from the model's {old.sizes}")
+    if cb.n_items < n or cb.item_ids[:n] != old.item_ids or not np.array_equal(cb.sids[:n], old.sids):
+        raise ArtifactIncompatible("new codebook does not keep every existing item's SID")
+    # The model's vocabulary maps items to tokens for encoding histories: extend it in place. Token
+    # ids are unchanged (same sizes), and old items keep their rows, so concurrent readers of the
+    # previous Recommender see a superset of what they knew.
+    rec.model.backbone.vocab = SIDVocab.from_codebook(cb)
+    share = np.exp(rec.pop_logshare.astype(np.float64))
+    pop = np.concatenate([share, np.zeros(cb.n_items - n)])
+    return Recommender(rec.model, cb, pop, batch_size=rec.batch_size, device=rec.device)
+
+
+class GeneratorService(generator_pb2_grpc.GeneratorServicer):
+    def __init__(
+        self,
+        recommender: Recommender,
+        model_ref: str,
+        registry: Registry | None = None,
+        limits: Limits = Limits(),
+        tokenizer: TokenizerClient | None = None,
+        retrieval: RetrievalClient | None = None,
+        codebook_ref: str | None = None,
+    ):
+        self._rec = recommender
+        self.model_ref = model_ref
+        self.registry = registry
+        self.limits = limits
+        self.tokenizer = tokenizer
+        self.retrieval = retrieval
+        self.codebook_ref = codebook_ref
+        self._refresh_lock = threading.Lock()
+
+    @property
+    def recommender(self) -> Recommender:
+        return self._rec
+
+    # ---- live codebook ------------------------------------------------------------------------
+    def refresh(self) -> bool:
+        """Swap in the tokenizer's current codebook if it changed; returns whether it did."""
+        if self.tokenizer is None or self.registry is None:
+            return False
+        ref = self.tokenizer.current_codebook_ref()
+        with self._refresh_lock:
+            if ref == self.codebook_ref:
+                return False
+            cb = Codebook.from_artifact(self.registry.load(ref))
+            self._rec = rebind_codebook(self._rec, cb)  # one reference assignment: atomic for readers
+            self.codebook_ref = ref
+            log.info("codebook swapped to %s (%d items)", ref, cb.n_items)
+            return True
+
+    # ---- requests -----------------------------------------------------------------------------
+    def _check(self, req: generator_pb2.RecommendRequest) -> tuple[int, int]:
+        lim = self.limits
+        k = req.k or 10
+        beam = req.beam or max(lim.default_beam, k)
+        if not 1 <= k <= lim.max_k:
+            raise GeneratorError(f"k={k}: must be in [1, {lim.max_k}]")
+        if not 1 <= beam <= lim.max_beam:
+            raise GeneratorError(f"beam={beam}: must be in [1, {lim.max_beam}]")
+        if beam < k:
+            raise GeneratorError(f"beam ({beam}) must be >= k ({k})")
+        if len(req.history) > lim.max_history:
+            raise GeneratorError(f"history of {len(req.history)} items: at most {lim.max_history}")
+        return k, beam
+
+    def model_uses_retrieval(self) -> bool:
+        return any(getattr(h, "uses_retrieval", False) for h in getattr(self._rec.model, "heads", []))
+
+    def _neighbors(self, req) -> tuple[Any, bool, bool]:
+        """(neighbours or None, retrieval_used, retrieval_unavailable). Only a model with a
+        retrieval-aware head (GenPlugin) asks the retrieval service."""
+        if not req.heads.use_retrieval or not self.model_uses_retrieval():
+            return None, False, False
+        if self.retrieval is None:
+            return None, False, True
+        try:
+            users = self.retrieval.similar_users(history=list(req.history) or None, user_id=req.user_id or None)
+        except Unavailable as e:
+            log.warning("retrieval unavailable, answering without augmentation: %s", e)
+            return None, False, True
+        return users, True, False
+
+    def _recommend_group(self, reqs: list[generator_pb2.RecommendRequest]) -> list[generator_pb2.RecommendResponse]:
+        checked = [self._check(r) for r in reqs]
+        ks = {c for c in checked}
+        out: list[generator_pb2.RecommendResponse | None] = [None] * len(reqs)
+        for k, beam in ks:  # one batched decode per distinct (k, beam)
+            idx = [i for i, c in enumerate(checked) if c == (k, beam)]
+            for start in range(0, len(idx), self.limits.max_batch):
+                part = idx[start : start + self.limits.max_batch]
+                aug = [self._neighbors(reqs[i]) for i in part]
+                histories = [list(reqs[i].history) for i in part]
+                skip = any(reqs[i].skip_unknown for i in part)
+                res = self._decode(histories, k, beam, skip, [reqs[i].skip_unknown for i in part])
+                for j, i in enumerate(part):
+                    out[i] = generator_pb2.RecommendResponse(
+                        item_ids=res.item_ids[j],
+                        scores=res.scores[j].tolist(),
+                        fallback_used=bool(res.fallback[j]),
+                        retrieval_used=aug[j][1],
+                        retrieval_unavailable=aug[j][2],
+                        skipped_items=res.skipped[j] if res.skipped else [],
+                        model_ref=self.model_ref,
+                    )
+        return out  # type: ignore[return-value]
+
+    def _decode(self, histories, k, beam, skip_any, skip_flags):
+        try:
+            res = self._rec.recommend(histories, k=k, beam=beam, skip_unknown=skip_any)
+        except UnknownItemsError:
+            if not self.refresh():  # maybe new items were just added to the tokenizer
+                raise
+            res = self._rec.recommend(histories, k=k, beam=beam, skip_unknown=skip_any)
+        if skip_any and not all(skip_flags):  # mixed batch: requests without skip_unknown must fail on unknown ids
+            bad = [s for s, f in zip(res.skipped, skip_flags) if s and not f]
+            if bad:
+                raise UnknownItemsError([x for b in bad for x in b])
+        return res
+
+    @unary
+    def Recommend(self, request):
+        return self._recommend_group([request])[0]
+
+    @unary
+    def RecommendBatch(self, request):
+        if not request.requests:
+            raise GeneratorError("empty batch")
+        if len(request.requests) > self.limits.max_batch:
+            raise GeneratorError(f"batch of {len(request.requests)}: at most {self.limits.max_batch}")
+        return generator_pb2.RecommendBatchResponse(responses=self._recommend_group(list(request.requests)))
+
+
+def registration(service: GeneratorService):
+    return (generator_pb2_grpc.add_GeneratorServicer_to_server, service, SERVICE_NAME)

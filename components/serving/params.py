@@ -1,0 +1,23 @@
+"""``serving:`` params: request bounds, service addresses, client timeouts."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from components.params import Section
+
+
+class ServingParams(Section):
+    """How the gRPC services and the BentoML bundle answer."""
+
+    max_history: int = Field(200, ge=1, description="most history items one request may carry")
+    max_k: int = Field(100, ge=1, description="most items one request may ask for")
+    max_beam: int = Field(200, ge=1, description="widest beam one request may ask for")
+    max_batch: int = Field(256, ge=1, description="most requests per RecommendBatch / decoding batch")
+    default_beam: int = Field(20, ge=1, description="beam when a request leaves it 0 (raised to k if smaller)")
+    tokenizer_address: str | None = Field(None, description="host:port of the tokenizer service (live new items); null = none")
+    retrieval_address: str | None = Field(None, description="host:port of the retrieval service (GenPlugin augmentation); null = none")
+    client_timeout_s: float = Field(2.0, gt=0, description="deadline of each service-to-service call")
+    client_retries: int = Field(2, ge=0, description="retries of a service-to-service call on UNAVAILABLE / DEADLINE_EXCEEDED")
+    refresh_s: float = Field(0.0, ge=0, description="poll the tokenizer for a new codebook every N seconds; 0 = only on unknown items")
+    device: str = Field("auto", description="generator inference device: auto (cuda when present) | cpu | cuda[:i]")
