@@ -144,6 +144,7 @@ def main_bench() -> None:
     result["seed"] = p.seed
     result["sasrec_params"] = p.evaluation.baselines.sasrec.model_dump()
     result["rr_gamma"], result["rw_power"] = p.evaluation.baselines.rr_gamma, p.evaluation.baselines.rw_power
+    result["rr_gamma_chosen"] = summary["methods"].get("sasrec-rr", {}).get("rr_gamma")
     result["rr_gamma_sweep"] = rr_sweep(work / "artifacts", args.dataset, p)
     if "token_bias" in metrics:
         result["token_bias_minionerec_sids"] = metrics["token_bias"]

@@ -21,6 +21,9 @@ def test_token_popularity_and_groups():
     pops = token_popularity(SIDS, [2, 2], COUNTS)
     assert pops[0].tolist() == [8, 2] and pops[1].tolist() == [6, 4]
     assert token_groups(np.array([1.0, 7.0, 3.0, 3.0, 0.0]), 2).tolist() == [1, 0, 0, 0, 1]  # 7, 3, 3 | 1, 0
+    # unused codes are left out of the groups
+    present = np.array([True, True, False, True, True])
+    assert token_groups(np.array([1.0, 7.0, 3.0, 3.0, 0.0]), 2, present).tolist() == [1, 0, -1, 0, 1]
 
 
 def test_token_bias_hand_computed():

@@ -110,3 +110,25 @@ def test_evaluate_bad_input(toy, registry, tmp_path, capsys):
     # params: report_k must be one of ks
     assert main(base + ["--set", "evaluation.report_k=7", "evaluate"] + outs) == 2
     assert "report_k" in capsys.readouterr().err
+
+
+def test_evaluate_reads_generator_rankings_layout(toy, registry, tmp_path, capsys):
+    """The generator writes rankings.npz with <split>_topk / <split>_targets, possibly for the first n samples."""
+    ds, ds_art, base = toy
+    te = ds.splits["test"]
+    counts = ds.train_item_counts()
+    save_rankings(registry, "toy", "popular", {"test": np.tile(np.argsort(-counts, kind="stable")[:10], (len(te), 1))}, N_ITEMS, parents=[ds_art.ref])
+    topk = np.stack([np.roll(np.arange(N_ITEMS), -int(t))[:10] for t in te.target[:5]])  # target first: every hit at rank 0
+    with registry.create("rankings", "toy-gen", parents=[ds_art.ref]) as w:
+        w.write_npz("rankings.npz", test_topk=topk.astype(np.int32), test_targets=te.target[:5])
+    out = tmp_path / "o"
+    assert main(base + ["--set", "evaluation.codebook=null", "evaluate", "--rankings", "popular", "gen", "--metrics-out", str(out / "m.json"),
+                        "--plots-dir", str(out / "p"), "--report", str(out / "r.md")]) == 0
+    m = json.loads((out / "m.json").read_text())["methods"]
+    assert m["gen"]["n"] == 5 and m["gen"]["HR@1"] == 1.0 and m["gen"]["NDCG@10"] == 1.0
+    assert m["popular"]["n"] == len(te)
+    assert "gen ranked only the first 5" in (out / "r.md").read_text()
+    with registry.create("rankings", "toy-bad", parents=[ds_art.ref]) as w:
+        w.write_npz("rankings.npz", test_topk=topk.astype(np.int32), test_targets=(te.target[:5] + 1) % N_ITEMS)
+    assert main(base + ["evaluate", "--rankings", "bad", "--metrics-out", str(out / "m.json"), "--plots-dir", str(out / "p"), "--report", str(out / "r.md")]) == 2
+    assert "targets differ" in capsys.readouterr().err

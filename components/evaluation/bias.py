@@ -4,8 +4,9 @@ For SID level ``l`` with ``S_l`` tokens (``codebook.sids[:, l]``):
 
 - token popularity   pop_l(t) = Σ_{i : sid_i[l] = t} count_i     (training interactions of the
   items under the token, CRAB Eq. 3)
-- token groups       tokens sorted by pop_l descending (ties by token id), cut into ``G`` groups
-  of equal token count (``np.array_split``); group 0 = most popular (CARE's G1..G8, so G = 8)
+- token groups       the tokens some item uses, sorted by pop_l descending (ties by token id),
+  cut into ``G`` groups of equal token count (``np.array_split``); group 0 = most popular
+  (CARE's G1..G8, so G = 8); unused codes are left out (nothing can generate them)
 - generated share    P_gen(g)  = #{generated level-l tokens in group g} / #{generated tokens}
 - test share         P_test(g) = #{test-target level-l tokens in group g} / n
 - amplification      A(g) = P_gen(g) / P_test(g)   (CARE: "246% on the most popular group" is
@@ -37,14 +38,18 @@ def token_popularity(sids: np.ndarray, sizes: list[int], train_counts: np.ndarra
     return [np.bincount(sids[:, lvl], weights=counts, minlength=sizes[lvl]) for lvl in range(sids.shape[1])]
 
 
-def token_groups(popularity: np.ndarray, n_groups: int) -> np.ndarray:
-    """Group id per token (0 = most popular), equal token count per group."""
+def token_groups(popularity: np.ndarray, n_groups: int, present: np.ndarray | None = None) -> np.ndarray:
+    """Group id per token (0 = most popular), equal token count per group, over the ``present``
+    tokens only (those some item uses; the others get -1: they can be neither generated nor a target)."""
     size = popularity.shape[0]
-    g = min(n_groups, size)
+    present = np.ones(size, dtype=bool) if present is None else np.asarray(present, dtype=bool)
+    used = np.flatnonzero(present)
+    g = min(n_groups, used.size)
     if g < 1:
-        raise RankingError(f"n_groups must be >= 1, got {n_groups}")
-    out = np.empty(size, dtype=np.int64)
-    for gid, idx in enumerate(np.array_split(np.argsort(-popularity, kind="stable"), g)):
+        raise RankingError(f"n_groups must be >= 1 and some token must be used, got n_groups={n_groups}, {used.size} used tokens")
+    out = np.full(size, -1, dtype=np.int64)
+    order = used[np.argsort(-popularity[used], kind="stable")]
+    for gid, idx in enumerate(np.array_split(order, g)):
         out[idx] = gid
     return out
 
@@ -79,7 +84,11 @@ def token_bias(
                 raise RankingError(f"level {lvl}: {name} tokens outside [0, {sizes[lvl]})")
         if g_tok.size == 0:
             raise RankingError(f"level {lvl}: no generated token to compare")
-        groups = token_groups(pops[lvl], n_groups)
+        present = np.bincount(np.asarray(sids)[:, lvl], minlength=sizes[lvl]) > 0
+        groups = token_groups(pops[lvl], n_groups, present)
+        for name, tok in (("generated", g_tok), ("target", t_tok)):
+            if (groups[tok] < 0).any():
+                raise RankingError(f"level {lvl}: a {name} token is used by no item of the codebook")
         G = int(groups.max() + 1)
         p_gen = np.bincount(groups[g_tok], minlength=G) / g_tok.size
         p_test = np.bincount(groups[t_tok], minlength=G) / t_tok.size

@@ -24,7 +24,7 @@ from components.evaluation.baselines.rerank import select_gamma
 from components.evaluation.baselines.sasrec import TrainResult
 from components.evaluation.bias import token_bias_from_topk
 from components.evaluation.metrics import evaluate_topk
-from components.evaluation.rankings import KIND, load_rankings, rankings_name, save_rankings
+from components.evaluation.rankings import KIND, load_split_rankings, rankings_name, save_rankings
 from components.evaluation.report import RANKING_NOTE, write_report
 from components.registry.store import atomic_write_text
 
@@ -134,11 +134,13 @@ def cmd_evaluate(args, ctx) -> int:
     ds, ds_ref = _dataset(ctx)
     counts = ds.train_item_counts()
     sp = ds.splits[split]
-    results, topks = {}, {}
+    results, topks, tgts, partial = {}, {}, {}, []
     for m in methods:
         art = ctx.registry.load(f"{KIND}/{rankings_name(ds.name, m)}@latest")
-        topks[m] = load_rankings(art, split, n_samples=len(sp), n_items=ds.n_items)
-        results[m] = evaluate_topk(topks[m], sp.target, counts, ks=ev.ks, n_groups=ev.n_groups, head_fraction=ev.head_fraction, orr_top=ev.orr_top)
+        topks[m], tgts[m] = load_split_rankings(art, split, sp.target, ds.n_items)
+        if len(tgts[m]) < len(sp):
+            partial.append(f"{m} ranked only the first {len(tgts[m]):,} of {len(sp):,} {split} samples: its column is on that subset.")
+        results[m] = evaluate_topk(topks[m], tgts[m], counts, ks=ev.ks, n_groups=ev.n_groups, head_fraction=ev.head_fraction, orr_top=ev.orr_top)
         log.info("%s: %s", art.ref, {k: round(results[m][k], 4) for k in (f"HR@{ev.report_k}", f"NDCG@{ev.report_k}") if k in results[m]})
     tb = None
     cb_ref = args.codebook or ev.codebook
@@ -146,8 +148,8 @@ def cmd_evaluate(args, ctx) -> int:
         cb_art = ctx.registry.load(cb_ref)
         cb = Codebook.from_artifact(cb_art)
         cb.check_dataset(ds_ref, ds.n_items)
-        tb = {m: token_bias_from_topk(cb, t, sp.target, counts, k=ev.token_k, n_groups=ev.token_groups) for m, t in topks.items()}
-    notes = [f"dataset {ds_ref}; metrics: components/evaluation/metrics.py (formulas in its docstring)."]
+        tb = {m: token_bias_from_topk(cb, t, tgts[m], counts, k=ev.token_k, n_groups=ev.token_groups) for m, t in topks.items()}
+    notes = [f"dataset {ds_ref}; metrics: components/evaluation/metrics.py (formulas in its docstring)."] + partial
     if cb_ref:
         notes.append(f"token bias: codebook {cb_ref}, generated tokens = SIDs of each method's top-{ev.token_k} items, {ev.token_groups} token groups per level.")
     written = write_report(

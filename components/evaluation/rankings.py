@@ -64,3 +64,31 @@ def load_rankings(art: Artifact, split: str, n_samples: int | None = None, n_ite
     if n_items is not None and art.meta.get("n_items") not in (None, n_items):
         raise ArtifactIncompatible(f"{art.ref} ranks a catalog of {art.meta.get('n_items')} items, the dataset has {n_items}")
     return topk
+
+
+def load_split_rankings(art: Artifact, split: str, targets: np.ndarray, n_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(topk, targets)`` of one split, from either rankings layout:
+
+    - this module's ``<split>.npz`` (``topk`` for every sample of the split), or
+    - the generator's ``rankings.npz`` (``<split>_topk``, ``<split>_targets``), which may cover only
+      the first ``n`` samples (``generator.decode.max_samples``): then the first ``n`` dataset
+      targets are returned, after checking they equal the stored ones.
+    """
+    if art.kind != KIND:
+        raise ArtifactIncompatible(f"{art.ref} is a {art.kind!r} artifact, not rankings")
+    targets = np.asarray(targets)
+    if art.has_file(f"{split}.npz"):
+        return load_rankings(art, split, n_samples=len(targets), n_items=n_items), targets
+    if art.has_file("rankings.npz"):
+        data = art.load_numpy("rankings.npz")
+        if f"{split}_topk" not in data:
+            raise ArtifactIncompatible(f"{art.ref} has no {split!r} rankings (keys {sorted(data)})")
+        topk = data[f"{split}_topk"]
+        n = topk.shape[0]
+        if n > len(targets):
+            raise ArtifactIncompatible(f"{art.ref}: {n} {split} rankings for {len(targets)} {split} samples of the dataset")
+        stored = data.get(f"{split}_targets")
+        if stored is not None and not np.array_equal(np.asarray(stored), targets[:n]):
+            raise ArtifactIncompatible(f"{art.ref}: its {split} targets differ from the dataset's: ranked for another split or dataset")
+        return topk, targets[:n]
+    raise ArtifactIncompatible(f"{art.ref} holds neither {split}.npz nor rankings.npz")
