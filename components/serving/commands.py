@@ -13,6 +13,7 @@ def register(sub) -> None:
     s.add_argument("--artifact", default=None, help="artifact the service serves (default: the latest of the params' dataset)")
     s.add_argument("--grace", type=float, default=5.0, help="seconds in-flight calls get on shutdown")
     s.set_defaults(func=cmd_serve)
+    register_bento(sub)
 
 
 def _retrieval(args, ctx):
@@ -88,4 +89,24 @@ def cmd_serve(args, ctx) -> int:
     logging.getLogger("genrec").setLevel(logging.INFO)
     registrations = SERVICES[args.service](args, ctx)
     serve(registrations, host=args.host, port=args.port, grace_s=args.grace)
+    return 0
+
+
+def register_bento(sub) -> None:
+    b = sub.add_parser("bento", help="BentoML bundle: fill the BentoML model store from the registry")
+    bsub = b.add_subparsers(dest="bento_command", metavar="ACTION")
+    bsub.required = True
+    i = bsub.add_parser("import", help="copy a generator checkpoint (and its codebook) into the BentoML model store")
+    i.add_argument("ref", nargs="?", default=None, help="generator artifact (default: generator/<dataset>-<backbone>@latest)")
+    i.add_argument("--name", default="genrec-generator", help="BentoML model name")
+    i.set_defaults(func=cmd_bento_import)
+
+
+def cmd_bento_import(args, ctx) -> int:
+    from components.serving.bento import import_to_bentoml
+
+    p = ctx.params
+    ref = args.ref or f"generator/{p.generator.name or p.data.dataset + '-' + p.generator.backbone}@latest"
+    model = import_to_bentoml(ctx.registry, ref, name=args.name)
+    print(f"bentoml model {model.tag} <- {ref}")
     return 0
