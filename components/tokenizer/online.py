@@ -21,6 +21,8 @@ from components.tokenizer.tokenize import assign_new_items
 def embed_records(cb: Codebook, records: dict[str, dict[str, Any]], p: Any, seed: int = 0, encoder: TextEncoder | None = None) -> np.ndarray:
     if not records:
         raise TokenizerError("no items given")
+    if not cb.quantized_levels:
+        raise TokenizerError(f"codebook {cb.method!r} has no codewords: new items cannot be placed in it")
     if p.encoder == "tfidf" and encoder is None:
         raise TokenizerError("the tfidf encoder is fitted per catalog and cannot embed new items; use minilm or a model_path encoder")
     enc = encoder or make_encoder(p, seed=seed, progress=False)

@@ -91,6 +91,10 @@ class TokenizerService(tokenizer_pb2_grpc.TokenizerServicer):
             snap = self._snapshot(request.codebook_ref)
             if snap is not self._current:
                 raise TokenizerError(f"AddItems extends the current codebook {self._current.ref}, not {snap.ref}")
+            if self.encoder is None and self.params.encoder != "tfidf" and snap.cb.quantized_levels:
+                from components.tokenizer.encoders import make_encoder
+
+                self.encoder = make_encoder(self.params, seed=self.seed, progress=False)  # loaded once, reused
             emb = embed_records(snap.cb, records, self.params, self.seed, self.encoder)
             new_cb, sids = extend_codebook(snap.cb, list(records), emb)
             name = snap.ref.split("@")[0].split("/", 1)[1]
