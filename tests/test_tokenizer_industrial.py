@@ -63,8 +63,9 @@ def test_methods_give_unique_decodable_sids(industrial, tfidf_emb, registry, met
     # quantization error never grows with depth
     qe = [lv["quant_error"] for lv in s["levels"][:3]]
     assert qe[0] >= qe[1] >= qe[2] or collisions == "reassign"
-    if method == "balanced":  # ceil(3686 / 32) = 116 items per code at most at level 0
-        assert s["levels"][0]["max_items_per_token"] <= 116
+    if method == "balanced":  # ceil(3686 / 32) = 116 items per code; reassign keeps it but for a few items
+        mx = [lv["max_items_per_token"] for lv in s["levels"]]
+        assert mx[0] <= 116 and mx[1] <= 116 and mx[2] <= 116 * 1.05, mx
     _check_tree(cb)
     # round trip through the registry (from_artifact re-checks the stored tree)
     art = cb.save(registry, f"industrial-{method}", parents=[dart.ref], params={"tokenizer": p.model_dump(mode="json")})

@@ -161,3 +161,14 @@ def test_assign_new_items_never_collides():
         assign_new_items(cb, np.ones((1, 3)))
     with pytest.raises(TokenizerError, match="NaN"):
         assign_new_items(cb, np.full((1, 8), np.nan))
+
+
+def test_reassign_with_capacity_prefers_codes_with_room():
+    # level 0: codes at 0 and 9; level 1: codes at 0, 1, 3. Items 0, 1 collide on (0, 0); item 2 is (1, 1).
+    cw = [np.array([[0.0, 0.0], [9.0, 0.0]], dtype=np.float32), np.array([[0.0, 0.0], [1.0, 0.0], [3.0, 0.0]], dtype=np.float32)]
+    x = np.array([[0.1, 0.0], [0.4, 0.0], [10.0, 0.0]], dtype=np.float32)
+    sids = np.array([[0, 0], [0, 0], [1, 1]])
+    free, _ = reassign_last_level(sids, [2, 3], x, cw)
+    capped, _ = reassign_last_level(sids, [2, 3], x, cw, capacity=1)
+    np.testing.assert_array_equal(free[1], [0, 1])  # nearest free code under prefix 0
+    np.testing.assert_array_equal(capped[1], [0, 2])  # code 1 already holds 1 item (item 2), code 2 has room

@@ -45,8 +45,13 @@ def add_extra_level(sids: np.ndarray, sizes: list[int]) -> tuple[np.ndarray, lis
     return out, [*sizes, int(rank.max()) + 1], n_resolved
 
 
-def reassign_last_level(sids: np.ndarray, sizes: list[int], x: np.ndarray, codewords: list[np.ndarray]) -> tuple[np.ndarray, int]:
-    """Move all but one item of each colliding group to the nearest free last-level code."""
+def reassign_last_level(sids: np.ndarray, sizes: list[int], x: np.ndarray, codewords: list[np.ndarray], capacity: int | None = None) -> tuple[np.ndarray, int]:
+    """Move all but one item of each colliding group to the nearest free last-level code.
+
+    With ``capacity`` (balanced codebooks), codes already holding ``capacity`` items at the last
+    level are tried only after every code with room (under the prefix, then one level up), so the
+  size constraint survives except for the rare item whose every candidate with room is taken.
+    """
     sids = sids.astype(np.int32).copy()
     L = sids.shape[1]
     if len(codewords) < L:
@@ -64,46 +69,81 @@ def reassign_last_level(sids: np.ndarray, sizes: list[int], x: np.ndarray, codew
     taken = {tuple(row) for row in sids[np.setdiff1d(np.arange(len(sids)), movers)].tolist()}
     d = ((r[movers, None, :] - cw[None, :, :]) ** 2).sum(-1)  # [m, K]
     ranked = np.argsort(d, axis=1, kind="stable")
+    stay = np.setdiff1d(np.arange(len(sids)), movers)
+    load = np.bincount(sids[stay, -1], minlength=cw.shape[0])
+    load2 = np.bincount(sids[:, -2], minlength=codewords[L - 2].shape[0]) if L >= 2 else None
     for row, i in enumerate(movers):
         prefix = tuple(sids[i, :-1].tolist())
-        for k in ranked[row]:
-            if prefix + (int(k),) not in taken:
-                sids[i, -1] = k
-                taken.add(prefix + (int(k),))
+        full = None
+        # with a capacity: codes with room under the prefix, then with room one level up, then any
+        for strict in ([True, False] if capacity is not None else [False]):
+            ks = _room_first(ranked[row], load, capacity, strict)
+            k = next((int(k) for k in ks if prefix + (int(k),) not in taken), None)
+            if k is not None:
+                full = prefix + (k,)
                 break
-        else:
-            full = widen_search(x[i], sids[i], codewords, taken) if L >= 2 else None
-            if full is None:
-                raise TokenizerError(f"reassign: all {sizes[-1]} last-level codes under prefix {prefix} are taken; use tokenizer.collisions=extra_level")
-            sids[i] = full
-            taken.add(full)
+            if L >= 2:
+                full = widen_search(x[i], sids[i], codewords, taken, (load2, load), capacity, strict)
+                if full is not None:
+                    break
+        if full is None:
+            raise TokenizerError(f"reassign: all {sizes[-1]} last-level codes under prefix {prefix} are taken; use tokenizer.collisions=extra_level")
+        if L >= 2:
+            load2[sids[i, -2]] -= 1
+            load2[full[-2]] += 1
+        sids[i] = full
+        taken.add(full)
+        load[full[-1]] += 1
     return sids, int(movers.size)
 
 
-def widen_search(x: np.ndarray, sid: np.ndarray, codewords: list[np.ndarray], taken: set) -> tuple[int, ...] | None:
-    """Nearest free ``(c_0..c_{L-3}, j, k)`` for one vector ``x`` whose prefix ``sid[:L-2]`` is kept."""
+def _room_first(order: np.ndarray, load: np.ndarray | None, capacity: int | None, strict: bool = False) -> np.ndarray:
+    """``order`` with codes whose load is below ``capacity`` first (only those when ``strict``)."""
+    if capacity is None or load is None:
+        return order
+    room = load[order] < capacity
+    return order[room] if strict else np.concatenate([order[room], order[~room]])
+
+
+def widen_search(
+    x: np.ndarray,
+    sid: np.ndarray,
+    codewords: list[np.ndarray],
+    taken: set,
+    loads: tuple[np.ndarray, np.ndarray] | None = None,
+    capacity: int | None = None,
+    strict: bool = False,
+) -> tuple[int, ...] | None:
+    """Nearest free ``(c_0..c_{L-3}, j, k)`` for one vector ``x`` whose prefix ``sid[:L-2]`` is kept.
+
+    With ``capacity`` and ``loads`` (item counts per code at levels L-2 and L-1), codes with room
+    are tried first at both levels (only they, when ``strict``).
+    """
     L = len(codewords)
     head = tuple(int(t) for t in sid[: L - 2])
     r = np.array(x, dtype=np.float32, copy=True)
     for lvl in range(L - 2):
         r -= codewords[lvl][sid[lvl]]
     cw2, cwl = codewords[L - 2], codewords[L - 1]
-    for j in np.argsort(((r[None] - cw2) ** 2).sum(1), kind="stable"):
+    load2, load_last = loads if loads is not None else (None, None)
+    for j in _room_first(np.argsort(((r[None] - cw2) ** 2).sum(1), kind="stable"), load2, capacity, strict):
         r2 = r - cw2[j]
-        for k in np.argsort(((r2[None] - cwl) ** 2).sum(1), kind="stable"):
+        for k in _room_first(np.argsort(((r2[None] - cwl) ** 2).sum(1), kind="stable"), load_last, capacity, strict):
             cand = head + (int(j), int(k))
             if cand not in taken:
                 return cand
     return None
 
 
-def resolve_collisions(sids: np.ndarray, sizes: list[int], strategy: str, x: np.ndarray | None = None, codewords: list[np.ndarray] | None = None) -> tuple[np.ndarray, list[int], int]:
+def resolve_collisions(
+    sids: np.ndarray, sizes: list[int], strategy: str, x: np.ndarray | None = None, codewords: list[np.ndarray] | None = None, capacity: int | None = None
+) -> tuple[np.ndarray, list[int], int]:
     """Apply ``strategy``; returns (unique sids, sizes, n_resolved)."""
     if strategy == "extra_level":
         return add_extra_level(sids, sizes)
     if strategy == "reassign":
         if x is None or codewords is None:
             raise TokenizerError("reassign needs the quantized vectors and codewords")
-        out, n = reassign_last_level(sids, sizes, x, codewords)
+        out, n = reassign_last_level(sids, sizes, x, codewords, capacity)
         return out, list(sizes), n
     raise TokenizerError(f"unknown collision strategy {strategy!r} (extra_level | reassign)")

@@ -61,7 +61,8 @@ def build_codebook(
         raise TokenizerError(f"unknown tokenizer method {p.method!r}")
     raw = res.codes
     n_raw = int(len(raw) - len(np.unique(raw, axis=0)))
-    sids, out_sizes, n_resolved = resolve_collisions(raw, sizes, p.collisions, space, res.codewords)
+    cap = -(-len(x) // sizes[-1]) if p.method == "balanced" else None
+    sids, out_sizes, n_resolved = resolve_collisions(raw, sizes, p.collisions, space, res.codewords, cap)
     qerr = quant_errors(space, sids[:, : len(sizes)], res.codewords)
     stats = codebook_stats(sids, out_sizes, item_counts, x, qerr, mean_sq_norm(space - space.mean(0, keepdims=True)))
     stats.update({"method": p.method, "collisions_raw": n_raw, "collisions_resolved": n_resolved, "collision_strategy": p.collisions})
