@@ -10,40 +10,21 @@
 
 from __future__ import annotations
 
-import json
-import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
 from components.tokenizer.codebook import Codebook
-
-_TOKEN = re.compile(r"<([a-z])_(\d+)>")
+from components.tokenizer.reference import codebook_from_index_json
 
 
 def reference_codebook(index_path: str | Path, item_ids: list[str], dataset_ref: str | None = None) -> Codebook:
-    index = json.loads(Path(index_path).read_text(encoding="utf-8"))
-    missing = [i for i in item_ids if i not in index]
-    if missing:
-        raise ValueError(f"{len(missing)} dataset items have no reference SID (e.g. {missing[:3]})")
-    rows = []
-    for iid in item_ids:
-        toks = index[iid]
-        rows.append([int(_TOKEN.fullmatch(t).group(2)) for t in toks])
-    sem = np.asarray(rows, dtype=np.int64)
-    n, L = sem.shape
-    sizes = [max(256, int(sem[:, lvl].max()) + 1) for lvl in range(L)]
-    # disambiguation: rank within groups of identical semantic SIDs, in item order
-    _, inv = np.unique(sem, axis=0, return_inverse=True)
-    inv = inv.ravel()
-    order = np.argsort(inv, kind="stable")
-    ranks = np.empty(n, dtype=np.int64)
-    sorted_inv = inv[order]
-    starts = np.flatnonzero(np.r_[True, sorted_inv[1:] != sorted_inv[:-1]])
-    ranks[order] = np.arange(n) - np.repeat(starts, np.diff(np.r_[starts, n]))
-    sids = np.concatenate([sem, ranks[:, None]], axis=1)
-    sizes.append(int(ranks.max()) + 1)
-    return Codebook(sids=sids, sizes=sizes, item_ids=list(item_ids), method="minionerec-reference", dataset_ref=dataset_ref)
+    """The released SIDs via :func:`components.tokenizer.reference.codebook_from_index_json`, with the
+    three semantic levels sized 256 (the released codebook's size, though level 0 uses fewer codes)."""
+    cb = codebook_from_index_json(index_path, SimpleNamespace(item_ids=list(item_ids)), method="minionerec-reference")
+    sizes = [max(256, s) for s in cb.sizes[:3]] + list(cb.sizes[3:])
+    return Codebook(sids=cb.sids, sizes=sizes, item_ids=list(item_ids), method=cb.method, dataset_ref=dataset_ref)
 
 
 def synthetic_codebook(n_items: int, K: int = 256, levels: int = 3, d: int = 32, seed: int = 0,
