@@ -193,3 +193,24 @@ def test_cli_tokenize_flexcode(industrial, registry, tmp_path):
     assert "cf_tokens" not in m["flexcode"]  # the per-item allocation stays in the artifact
     art = registry.load("codebook/industrial-flexcode@latest")
     assert len(Codebook.from_artifact(art).stats["flexcode"]["cf_tokens"]) == industrial.n_items
+
+
+def test_cf_view_sources(industrial, registry):
+    from components.evaluation.baselines.sasrec import SASRec, SASRecConfig
+    from components.registry import ArtifactNotFound
+    from components.tokenizer.flexcode import load_cf_view
+
+    fp = TokenizerParams().flexcode.model_copy(update={"mf_dim": 8})
+    with pytest.raises(ArtifactNotFound):
+        load_cf_view(registry, industrial, "industrial", fp.model_copy(update={"cf_source": "sasrec"}))
+    v = load_cf_view(registry, industrial, "industrial", fp)  # auto without a SASRec artifact: mf
+    assert v.source == "mf" and v.ref is None and v.embeddings.shape == (industrial.n_items, 8)
+    torch.manual_seed(0)
+    model = SASRec(SASRecConfig(n_items=industrial.n_items, d_model=16, n_heads=2))
+    art = model.save(registry, "industrial-sasrec", parents=[], params={})
+    v = load_cf_view(registry, industrial, "industrial", fp)  # auto with it: SASRec's E[i]
+    assert v.source == "sasrec" and v.ref == art.ref
+    np.testing.assert_allclose(v.embeddings, model.item_embeddings())
+    SASRec(SASRecConfig(n_items=10, d_model=16, n_heads=2)).save(registry, "small-sasrec", parents=[], params={})
+    with pytest.raises(TokenizerError, match="10 item embeddings"):
+        load_cf_view(registry, industrial, "industrial", fp.model_copy(update={"sasrec_model": "model/small-sasrec@latest"}))

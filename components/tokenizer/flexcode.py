@@ -314,7 +314,7 @@ def train_flexcode(x_s: np.ndarray, x_c: np.ndarray, counts: np.ndarray, levels:
         cold, hot = cnt == 0, cnt >= torch.quantile(cnt, 0.8)
         diag = {"lambda": lam, **{f"mean_distortion_{g}": [round(float(v), 4) for v in raw[m].mean(0)] for g, m in (("cold", cold), ("head", hot), ("all", cnt >= 0)) if bool(m.any())}}
     gopt = torch.optim.Adam(net.gate.parameters(), lr=p.gate_lr)
-    for _ in tqdm(range(p.gate_steps), desc="flexcode gate", disable=not progress):
+    for _ in range(p.gate_steps):
         gate, smooth = gate_losses(net.gate, feats, grid, d_all, kv, levels, p)
         gopt.zero_grad()
         (gate + smooth).backward()
