@@ -46,8 +46,11 @@ Shared latent and training objective (torch, per minibatch ``B``). Encoders ``z_
   carry. The weights are the Bayesian shrinkage of a CF estimate with ``n_i`` observations
   toward a text prior worth ``λ`` observations: a popular item's CF view is reliable and worth
   tokens, a tail item's CF vector is mostly noise (a cold item's is pure noise, ``w_c = 0``).
-- smoothness      ``L_smooth = mean_j ||π(p_(j+1)) - π(p_(j))||²`` over the distinct
-  popularity values sorted ascending: neighbouring popularity gets similar allocations
+- smoothness      ``L_smooth = mean_j ||π(p_(j+1)) - π(p_(j))||²`` over the distinct positive
+  popularity values sorted ascending: neighbouring popularity gets similar allocations. Cold
+  items (``n_i = 0``, no CF evidence at all, ``w_c = 0``) are left out: cold start is a
+  categorical regime (the cold flag feature), and smoothing across it would spend a CF token
+  on a CF vector that is pure noise
 - budget (opt.)   ``(mean_i E_π[k]/L - cf_share)²`` when ``cf_share`` is set
 
 ``L = L_rec + L_q + α L_align + γ L_gate + η L_smooth (+ ρ L_budget)``, where the gate sees
@@ -272,7 +275,9 @@ def train_flexcode(x_s: np.ndarray, x_c: np.ndarray, counts: np.ndarray, levels:
     cnt = torch.from_numpy(np.asarray(counts, dtype=np.float32)).to(dev)
     feats = torch.from_numpy(popularity_features(counts)).to(dev)
     uniq, first = np.unique(np.asarray(counts), return_index=True)
-    grid = feats[torch.from_numpy(first).to(dev)]  # one feature row per distinct popularity, ascending
+    warm = uniq > 0  # smoothness runs over interacted items; cold start (no CF evidence) is its own regime
+    grid = feats[torch.from_numpy(first[warm]).to(dev)]  # one feature row per distinct popularity > 0, ascending
+    gate_grid = feats[torch.from_numpy(first).to(dev)]
     lam = float(p.shrinkage) if p.shrinkage else float(np.median(counts[counts > 0])) if (counts > 0).any() else 1.0
     kv = torch.from_numpy(k_values).to(dev)
     with torch.no_grad():  # k-means init of both codebooks on the initial latents' residuals
@@ -325,7 +330,7 @@ def train_flexcode(x_s: np.ndarray, x_c: np.ndarray, counts: np.ndarray, levels:
     with torch.no_grad():
         z_s, z_c = zs_all.cpu().numpy(), zc_all.cpu().numpy()
         probs = net.gate(feats).cpu().numpy()
-        pg = net.gate(grid).cpu().numpy()
+        pg = net.gate(gate_grid).cpu().numpy()
     pick = np.unique(np.linspace(0, len(uniq) - 1, min(len(uniq), 12)).round().astype(int))
     curve = [{"count": int(uniq[j]), "expected_cf_tokens": float(pg[j] @ k_values), "argmax_cf_tokens": int(k_values[pg[j].argmax()])} for j in pick]
     return FlexCodeFit(z_s.astype(np.float32), z_c.astype(np.float32), probs, k_values, history, curve)
