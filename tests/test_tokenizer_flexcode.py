@@ -214,3 +214,15 @@ def test_cf_view_sources(industrial, registry):
     SASRec(SASRecConfig(n_items=10, d_model=16, n_heads=2)).save(registry, "small-sasrec", parents=[], params={})
     with pytest.raises(TokenizerError, match="10 item embeddings"):
         load_cf_view(registry, industrial, "industrial", fp.model_copy(update={"sasrec_model": "model/small-sasrec@latest"}))
+
+
+def test_rebalancer_takes_flexcode_codebook(industrial_flex):
+    from components.rebalancer import rebalance_codebook
+
+    cb, emb, counts, _, _ = industrial_flex
+    res = rebalance_codebook(cb, counts, embeddings=emb, n_init=1, seed=0)
+    out = res.codebook
+    assert out.n_collisions() == 0 and out.n_items == cb.n_items
+    assert res.semantic_levels == cb.stats["semantic_levels"] == 3  # the disambiguation level is left alone
+    np.testing.assert_array_equal(out.sids[:, -1], cb.sids[:, -1])
+    assert sum(out.sizes) >= sum(cb.sizes)
