@@ -49,7 +49,7 @@ def cmd_embed(args, ctx) -> int:
     t0 = time.perf_counter()
     emb = embed_dataset(ds, p, enc, seed=ctx.params.seed)
     dt = time.perf_counter() - t0
-    art = save_embeddings(ctx.registry, emb, dart.ref, args.name or ctx.params.data.dataset, enc.name, {"tokenizer": p.model_dump(mode="json", exclude={"method", "levels", "codebook_size", "niter", "max_points_per_centroid", "balanced_iters", "collisions", "rqvae"}), "seed": ctx.params.seed})
+    art = save_embeddings(ctx.registry, emb, dart.ref, args.name or ctx.params.data.dataset, enc.name, {"tokenizer": p.model_dump(mode="json", exclude={"method", "levels", "codebook_size", "niter", "max_points_per_centroid", "balanced_iters", "collisions", "rqvae", "flexcode"}), "seed": ctx.params.seed})
     print(f"wrote {art.ref}: {emb.shape[0]:,} items x {emb.shape[1]} dims ({enc.name}, {emb.shape[0] / dt:.1f} items/s)")
     return 0
 
@@ -72,17 +72,30 @@ def cmd_tokenize(args, ctx) -> int:
     eart = ctx.registry.load(args.embeddings or f"item-embeddings/{params.data.dataset}@latest")
     emb = load_embeddings(eart, dataset_ref=dart.ref, n_items=ds.n_items)
     counts = ds.train_item_counts()
-    cb = build_codebook(emb, ds.item_ids, p, counts, seed=params.seed, dataset_ref=dart.ref, progress=True)
+    cf_view, parents = None, [dart.ref, eart.ref]
+    if p.method == "flexcode":
+        from components.tokenizer.flexcode import load_cf_view
+
+        cf_view = load_cf_view(ctx.registry, ds, params.data.dataset, p.flexcode, seed=params.seed)
+        parents += [cf_view.ref] if cf_view.ref else []
+        print(f"flexcode CF view: {cf_view.source}" + (f" ({cf_view.ref})" if cf_view.ref else "") + f", {cf_view.embeddings.shape[1]} dims")
+    cb = build_codebook(emb, ds.item_ids, p, counts, seed=params.seed, dataset_ref=dart.ref, progress=True, cf_view=cf_view)
     cb.stats["encoder"] = eart.meta.get("encoder")
     name = args.name or f"{params.data.dataset}-{p.method}"
-    art = cb.save(ctx.registry, name, parents=[dart.ref, eart.ref], params={"tokenizer": p.model_dump(mode="json"), "seed": params.seed})
+    art = cb.save(ctx.registry, name, parents=parents, params={"tokenizer": p.model_dump(mode="json"), "seed": params.seed})
     s = cb.stats
     print(f"wrote {art.ref}: {cb.n_items:,} items, sizes {cb.sizes}, {s['collisions_raw']} raw collisions, {s['collisions_resolved']} resolved ({p.collisions}), 0 left")
+    if "flexcode" in s:
+        a = s["flexcode"]["allocation"]
+        print(f"  flexcode: mean CF tokens {a['mean_cf_tokens']:.3f} (head {a['mean_cf_tokens_head']:.3f}, tail {a['mean_cf_tokens_tail']:.3f}), histogram {a['histogram']}, split {[(t['semantic'], t['cf']) for t in s['flexcode']['token_split']]}")
     for lv in s["levels"]:
         print(f"  level {lv['level']}: utilization {lv['utilization']:.3f}  entropy {lv['entropy']:.2f} bits  gini {lv.get('gini', float('nan')):.3f}  prefix collisions {lv['prefix_collisions']}"
               + (f"  quant error {lv['quant_error']:.4f}" if "quant_error" in lv else ""))
     if args.metrics_out:
-        _write_json(args.metrics_out, {"codebook": art.ref, **s})
+        m = {"codebook": art.ref, **s}
+        if "flexcode" in m:  # the per-item allocation stays in the artifact's stats.json
+            m["flexcode"] = {k: v for k, v in m["flexcode"].items() if k != "cf_tokens"}
+        _write_json(args.metrics_out, m)
     if args.plot_out:
         Path(args.plot_out).parent.mkdir(parents=True, exist_ok=True)
         plot_token_popularity(cb.sids, cb.sizes, counts, args.plot_out, title=f"{name}: token popularity per level")

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from components.params import Section
+from components.tokenizer.flexcode_params import FlexCodeParams
 
 
 class RQVAEParams(Section):
@@ -38,7 +39,9 @@ class TokenizerParams(Section):
     tfidf_dim: int = Field(128, ge=2, description="tfidf encoder: SVD output dimension")
     device: str = Field("auto", description="encoder device: auto (cuda when present) | cpu | cuda[:i]")
 
-    method: Literal["rqkmeans", "balanced", "rqvae"] = Field("rqkmeans", description="rqkmeans (faiss) | balanced (size-constrained RQ-KMeans) | rqvae (torch)")
+    method: Literal["rqkmeans", "balanced", "rqvae", "flexcode"] = Field(
+        "rqkmeans", description="rqkmeans (faiss) | balanced (size-constrained RQ-KMeans) | rqvae (torch) | flexcode (popularity-aware dual CF + semantic codebook)"
+    )
     levels: int = Field(3, ge=1, description="quantized SID levels")
     codebook_size: int = Field(256, ge=2, description="codes per level")
     niter: int = Field(20, ge=1, description="k-means iterations per level")
@@ -48,6 +51,7 @@ class TokenizerParams(Section):
         "extra_level", description="extra_level = TIGER-style disambiguating final token; reassign = move to the nearest free code at the last level"
     )
     rqvae: RQVAEParams = Field(default_factory=RQVAEParams, description="RQ-VAE network and training (method: rqvae)")
+    flexcode: FlexCodeParams = Field(default_factory=FlexCodeParams, description="FlexCode CF view, shared latent, MoE gate and losses (method: flexcode)")
 
     @model_validator(mode="after")
     def _need_path(self) -> "TokenizerParams":

@@ -31,13 +31,19 @@ def build_codebook(
     seed: int = 0,
     dataset_ref: str | None = None,
     progress: bool = False,
+    cf_view: Any = None,
 ) -> Codebook:
     """Quantize item embeddings into unique SIDs with ``tokenizer`` params ``p``.
 
     ``stats`` holds :func:`~components.tokenizer.stats.codebook_stats` plus ``method``,
     ``collisions_raw`` (items sharing a full quantized SID before handling),
-    ``collisions_resolved`` and ``collision_strategy``.
+    ``collisions_resolved`` and ``collision_strategy``. ``cf_view`` (a
+    :class:`~components.tokenizer.flexcode.CFView`) is required by ``method: flexcode``.
     """
+    if p.method == "flexcode":
+        from components.tokenizer.flexcode import build_flexcode_codebook
+
+        return build_flexcode_codebook(emb, item_ids, p, item_counts, cf_view, seed, dataset_ref, progress)
     faiss_threads()
     x = check_embeddings(emb, n_items=len(item_ids))
     if item_counts is not None and len(item_counts) != len(item_ids):
@@ -91,6 +97,8 @@ def assign_new_items(codebook: Codebook, embeddings: np.ndarray) -> np.ndarray:
     ``collisions=reassign``). Raises :class:`TokenizerError` if an item has no free SID left.
     The codebook itself is not modified.
     """
+    if codebook.method == "flexcode":
+        raise TokenizerError("flexcode codebooks cannot place new items yet (their codewords live in the learned latent space); rebuild the codebook")
     levels = codebook.quantized_levels
     if not levels or levels != list(range(len(levels))):
         raise TokenizerError(f"codebook {codebook.method!r} has no codewords for levels 0..{codebook.n_levels - 1}; cannot place new items")
