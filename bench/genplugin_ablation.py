@@ -57,6 +57,7 @@ def main() -> int:
     ap.add_argument("--finetune-epochs", type=int, default=1)
     ap.add_argument("--seed", type=int, default=2024)
     ap.add_argument("--name", default=None, help="results name (default genplugin_ablation_<dataset>)")
+    ap.add_argument("--eval-only", action="store_true", help="re-evaluate the variants' existing rankings (no training)")
     args = ap.parse_args()
 
     from components.data.dataset import Dataset
@@ -86,19 +87,21 @@ def main() -> int:
         name = f"{args.dataset}-bench-{v}"
         t0 = time.perf_counter()
         metrics_path = Path(args.registry) / f"{name}.train.json"
-        run(base + sets + ["--set", f"generator.heads={json.dumps(heads)}", "train", "--name", name,
-                           "--run-dir", str(Path(args.registry) / ".runs" / f"{name}-{int(time.time())}"),
-                           "--no-progress", "--metrics-out", str(metrics_path)])
+        if not args.eval_only:
+            run(base + sets + ["--set", f"generator.heads={json.dumps(heads)}", "train", "--name", name,
+                               "--run-dir", str(Path(args.registry) / ".runs" / f"{name}-{int(time.time())}"),
+                               "--no-progress", "--metrics-out", str(metrics_path)])
+            run(base + sets + ["rank", "--checkpoint", f"generator/{name}@latest", "--splits", "test", "--no-progress"])
         t_train = time.perf_counter() - t0
-        run(base + sets + ["rank", "--checkpoint", f"generator/{name}@latest", "--splits", "test", "--no-progress"])
         rk = reg.load(f"rankings/{name}@latest")
         arr = rk.load_numpy("rankings.npz")
         ds = Dataset.from_artifact(reg.load(f"dataset/{args.dataset}@latest"))
         ev = evaluate_topk(arr["test_topk"], arr["test_targets"], ds.train_item_counts(), ks=(5, 10))
         tm = json.loads(metrics_path.read_text())
-        row = {"variant": v, "n_test": int(ev["n"]), "train_seconds": round(t_train, 1),
-               **{m: round(float(ev[f"{m}@{k}"]), 4) for k in (5, 10) for m in ("HR", "NDCG", "HR_head", "HR_tail", "NDCG_head", "NDCG_tail")},
-               "valid_ndcg@10": tm.get("valid.ndcg@10"), "rar_fallback": tm.get("genplugin.rar_fallback")}
+        row = {"variant": v, "n_test": int(ev["n"]), "train_rank_seconds": None if args.eval_only else round(t_train, 1),
+               **{f"{m}@{k}": round(float(ev[f"{m}@{k}"]), 4) for k in (5, 10) for m in ("HR", "NDCG", "HR_head", "HR_tail", "NDCG_head", "NDCG_tail")},
+               "valid_ndcg@10": tm.get("valid.ndcg@10"), "train_samples_per_s": tm.get("train_samples_per_s"),
+               "rar_fallback": tm.get("genplugin.rar_fallback"), "pretrain_valid_ndcg@10": (tm.get("genplugin.pretrain_valid") or {}).get("ndcg@10")}
         rows.append(row)
         print(json.dumps(row))
     write(args.name or f"genplugin_ablation_{args.dataset}", {"dataset": args.dataset, "encoder": args.encoder, "seed": args.seed,

@@ -271,3 +271,18 @@ def test_unknown_option_is_a_clear_error():
     with pytest.raises(Exception, match="lamda_kl"):
         GenPluginHead(D, n_items=3, text_dim=2, lan_heads=2, lamda_kl=1.0)
     _ = F
+
+
+def test_second_stage_without_index_is_flagged_not_fatal():
+    from components.generator.params import TrainParams
+    from components.generator.train import TrainResult
+
+    model, head = _model(rar=True)  # no retrieval_index configured
+    res = TrainResult(best_state={}, history=[], best_epoch=1, best_valid={}, epochs_run=1, stopped_early=False,
+                      samples_per_s=1.0, train_seconds=1.0)
+    with pytest.warns(RuntimeWarning, match="rar_fallback=True"):
+        out = head.second_stage(res, lambda tp, tag: pytest.fail("must not fine-tune"), TrainParams())
+    assert out is res and out.extra["genplugin.rar_fallback"] is True and head.rar_fallback and not head.p.rar_active
+    # rar: false (ablation) never fine-tunes and never warns
+    _, h2 = _model(rar=False)
+    assert h2.second_stage(res, lambda tp, tag: pytest.fail("must not fine-tune"), TrainParams()) is res
