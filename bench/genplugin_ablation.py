@@ -4,7 +4,7 @@ overall and head/tail HR/NDCG@5/10 (``components.evaluation.metrics.evaluate_top
 test users.
 
     python bench/genplugin_ablation.py [--dataset ml-100k] [--variants tiger genplugin no-dsa no-ssg no-rar]
-        [--registry /tmp/genplugin_bench] [--set generator.train.max_steps_per_epoch=20 ...]
+        [--registry /tmp/genplugin_bench] [--budget cpu|full] [--set generator.train.max_steps_per_epoch=20 ...]
 
 Prerequisites are built into the (scratch) registry when missing: dataset, item embeddings
 (``tokenizer.encoder``, default tfidf here), RQ-KMeans codebook, retrieval index. Extra ``--set``
@@ -53,6 +53,8 @@ def main() -> int:
     ap.add_argument("--registry", default="/tmp/genplugin_bench")
     ap.add_argument("--encoder", default="tfidf")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--budget", choices=["cpu", "full"], default="cpu",
+                    help="cpu = CPU_BUDGET below; full = params.yaml as is (paper sizes, full training: the GPU table)")
     ap.add_argument("--set", action="append", default=[], help="extra params override for every variant")
     ap.add_argument("--finetune-epochs", type=int, default=1)
     ap.add_argument("--seed", type=int, default=2024)
@@ -79,7 +81,8 @@ def main() -> int:
     except ArtifactNotFound:
         run(base + ["tokenize"])
         cb_ref = reg.load(f"codebook/{args.dataset}-rqkmeans@latest").ref
-    sets = [x for s in CPU_BUDGET + args.set for x in ("--set", s)] + ["--set", f"generator.codebook={cb_ref}"]
+    budget = CPU_BUDGET if args.budget == "cpu" else []
+    sets = [x for s in budget + args.set for x in ("--set", s)] + ["--set", f"generator.codebook={cb_ref}"]
     rows = []
     for v in args.variants:
         cfg = VARIANTS[v]
@@ -105,7 +108,7 @@ def main() -> int:
         rows.append(row)
         print(json.dumps(row))
     write(args.name or f"genplugin_ablation_{args.dataset}", {"dataset": args.dataset, "encoder": args.encoder, "seed": args.seed,
-                                                            "budget": CPU_BUDGET + args.set, "finetune_epochs": args.finetune_epochs,
+                                                            "budget": budget + args.set, "finetune_epochs": args.finetune_epochs,
                                                             "rows": rows})
     return 0
 

@@ -270,17 +270,13 @@ class GenPluginHead(Head):
             return embeds
         B, L = targets.shape
         dev = embeds.device
-        guided = torch.rand(B, device=dev) >= self.p1_eff
+        guided = torch.rand(B, device=dev) >= self.p.p1
         replace = guided[:, None] & (torch.rand(B, L, device=dev) >= self.p.p2)
         replace[:, 0] = False  # BOS is never replaced
         if not replace.any():
             return embeds
         sub = torch.cat([embeds[:, :1], self.substitutes(lan["logits"]).to(embeds.dtype)], dim=1)
         return torch.where(replace[..., None], sub, embeds)
-
-    @property
-    def p1_eff(self) -> float:
-        return self.p.p1
 
     # ---- losses ---------------------------------------------------------------------------------
     def losses(self, out: ForwardOutput) -> dict[str, torch.Tensor]:
