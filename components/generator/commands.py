@@ -106,6 +106,18 @@ def _extra_losses(gp, model, codebook):
     return {"extra": (factory(model, codebook), gp.train.extra_loss_weight)}
 
 
+def _resolve_heads(gp, registry, dataset_ref: str, codebook_ref: str, dataset_name: str):
+    """Let head types with a ``resolve`` classmethod pin their artifact refs (GenPlugin: item
+    embeddings, retrieval index) before the model is built; returns params with the resolved heads."""
+    from components.generator.heads.base import HEAD_TYPES
+
+    heads = []
+    for cfg in gp.heads:
+        cls = HEAD_TYPES.get(cfg.get("type"))
+        heads.append(cls.resolve(dict(cfg), registry, dataset_ref, codebook_ref, dataset_name) if hasattr(cls, "resolve") else cfg)
+    return gp.model_copy(update={"heads": heads})
+
+
 def build_model(gp, vocab, max_items: int):
     from components.generator.model import GenerativeRecommender
 
@@ -132,6 +144,7 @@ def cmd_train(args, ctx) -> int:
     cb.check_dataset(ds_art.ref, ds.n_items)
     vocab = SIDVocab.from_codebook(cb)
     max_items = gp.max_items or ds.max_history
+    gp = _resolve_heads(gp, reg, ds_art.ref, cb_art.ref, ctx.params.data.dataset)
     torch.set_num_threads(gp.train.num_threads)
     seed_everything(ctx.params.seed)
     model = build_model(gp, vocab, max_items)
@@ -141,6 +154,13 @@ def cmd_train(args, ctx) -> int:
                       run_dir=run_dir, extra_losses=_extra_losses(gp, model, cb), progress=not args.no_progress,
                       fingerprint=vocab.fingerprint() + ds_art.ref)
     res = trainer.fit()
+    for h in model.heads:  # heads with a second training stage (GenPlugin: retrieval-augmented fine-tuning)
+        if hasattr(h, "second_stage"):
+            def make_trainer(tp, tag, _extra=trainer.extra_losses):
+                return Trainer(model, ds, SIDTrie(cb.sids, cb.sizes), tp, seed=ctx.params.seed, eval_beam=gp.decode.beam,
+                               run_dir=f"{run_dir}-{tag}", extra_losses=_extra, progress=not args.no_progress,
+                               fingerprint=vocab.fingerprint() + ds_art.ref)
+            res = h.second_stage(res, make_trainer, gp.train)
     n_params = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     summary = {"best_epoch": res.best_epoch, "epochs_run": res.epochs_run, "stopped_early": res.stopped_early,

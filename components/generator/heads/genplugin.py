@@ -1,0 +1,532 @@
+"""GenPlugin (Yang et al., DASFAA'26) as a head on the TIGER backbone: dual encoders with a shared
+decoder, contrastive semantics alignment, semantic-substitution guidance, retrieval-augmented
+fine-tuning and inference.
+
+**Views.** The *ID view* is the backbone: T5 encoder over the history's SID tokens, states
+``C_u = {c_j^(r)}``. The *language view* encodes the same history from frozen item text
+embeddings ``e_i`` (the ``item-embeddings`` artifact, a buffer) through a trainable 2-layer
+projection ``ê_i = W2 GELU(W1 e_i)`` (+ a learned position embedding counted from the most recent
+item) and a standard Transformer encoder (``torch.nn.TransformerEncoder``, pre-norm), states
+``H_u = {h_j}``. Both views share the backbone's decoder and output layer.
+
+**Contrastive alignment (DSA).** ``ℓ(u, v) = -mean_i log( exp(s(u_i, v_i)/τ) / Σ_j exp(s(u_i, v_j)/τ) )``
+with in-batch negatives ``j`` (Eq. 1; ``s`` = inner product of L2-normalised vectors, i.e. cosine,
+for a scale-free τ; other occurrences of the *same* item are not used as negatives; the paper's sum
+is a mean here so λ does not depend on the batch size).
+Item level (Eq. 2): ``L_item = ℓ(h_i, g_i) + ℓ(g_i, h_i)`` with ``g_i = Σ_r c_i^(r)`` the sum of the
+item's ID-token states (at most ``item_sample`` items of the batch). User level (Eq. 3):
+``L_user = ℓ(p_u, q_u) + ℓ(q_u, p_u)``, ``p_u`` / ``q_u`` the mean of ``H_u`` / of ``C_u`` over the
+history's item positions.
+
+**Semantic-substitution guidance (SSG).** The language view decodes the target with teacher
+forcing (loss ``L_lan`` = CE). For the ID view, each sample keeps plain teacher forcing with
+probability ``p1``; otherwise every ground-truth input token ``c_{t-1}`` (``t ≥ 1``; BOS is never
+replaced) is replaced with probability ``1 - p2`` by ``Σ_{k∈top-q} softmax(z^lan_{t-1})_k emb(k)``:
+the softmax over the language view's top-``q`` logits (restricted to level ``t-1``'s tokens) for that
+token, weighting their embeddings (probabilities detached). Distribution alignment (Eq. 4-5):
+``P(c) = softmax(z / φ)`` for both views, ``L_kl = mean_i Σ_l KL(P^lan‖P^id) + KL(P^id‖P^lan)``.
+Substitution happens only in training (``teacher_inputs`` is a training hook).
+
+**Total loss** (Eq. 6): ``L = L_id + λ_lan L_lan + λ1 L_item + λ2 L_user + λ3 L_kl``; ``L_id`` is the
+model's ``rec`` loss.
+
+**Retrieval augmentation (RAR, §3.3).** After pre-training, a second stage (``second_stage``, run by
+``genrec train``) freezes both encoders, the projection and the shared token embeddings, and
+fine-tunes the decoder with the cached representations ``q_v`` (mean-pooled ID-encoder states,
+computed in eval mode) of ``v`` similar users (:class:`~components.retrieval.UserRetriever`, BM25 +
+faiss, merged and re-ranked) appended to the target user's encoder states as extra cross-attention
+positions (``q_v + e_nbr``, a learned neighbour-type vector). During training the users holding the
+sample's target item are excluded (``exclude_item``). Inference does the same (no exclusion).
+A missing retrieval index makes the head run without augmentation: one warning and
+``rar_fallback = True`` — never an exception. Neighbours obtained elsewhere (the generator gRPC
+service) come in as ``extras`` (:meth:`GenPluginHead.neighbor_extras`).
+
+Ablations: ``dsa: false`` (no L_item / L_user), ``ssg: false`` (no substitution, no L_kl),
+``rar: false`` (no fine-tuning stage, no augmentation).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from components.generator.heads.base import Context, ForwardOutput, Head, register_head
+from components.params import Section
+
+log = logging.getLogger(__name__)
+
+EXTRA_NBR_STATES = "genplugin.neighbor_states"  # [B, v, d] neighbour representations (given by a caller)
+EXTRA_NBR_MASK = "genplugin.neighbor_mask"  # bool [B, v]
+_EXTRA_LAN = "genplugin.lan"
+
+
+class GenPluginError(ValueError):
+    """Bad GenPlugin configuration or input (wrong embeddings, z/v out of range, foreign retrieval index)."""
+
+
+class GenPluginParams(Section):
+    """``generator.heads: [{type: genplugin, ...}]`` options."""
+
+    type: str = Field("genplugin", description="head type (genplugin)")
+    embeddings: str | None = Field(None, description="item-embeddings ref of the language view; null = the codebook's source embeddings, else item-embeddings/<dataset>@latest")
+    retrieval_index: str | None = Field(None, description="retrieval-index ref for RAR; null = retrieval-index/<dataset>@latest (missing: no augmentation, flagged)")
+    registry_root: str | None = Field(None, description="registry root the refs are read from (filled in by genrec train)")
+    dataset: str | None = Field(None, description="dataset ref the retrieval index must come from (filled in by genrec train)")
+    n_items: int | None = Field(None, ge=1, description="rows of the item-embedding table (filled in; restores a checkpoint)")
+    text_dim: int | None = Field(None, ge=1, description="item-embedding dimension (filled in; restores a checkpoint)")
+    dsa: bool = Field(True, description="dual-source contrastive alignment (L_item, L_user); false = ablation w/o DSA")
+    ssg: bool = Field(True, description="semantic-substitution guidance + symmetric KL; false = ablation w/o SSG")
+    rar: bool = Field(True, description="retrieval-augmented fine-tuning and inference; false = ablation w/o RAR")
+    lan_layers: int = Field(2, ge=1, description="language-view Transformer encoder layers")
+    lan_heads: int = Field(4, ge=1, description="language-view attention heads (must divide d_model)")
+    lan_ff: int = Field(256, ge=8, description="language-view feed-forward size")
+    proj_hidden: int = Field(256, ge=8, description="hidden size of the 2-layer text projection")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="language-view dropout")
+    max_positions: int = Field(256, ge=1, description="language-view position embeddings (history items)")
+    tau: float = Field(0.1, gt=0, description="contrastive temperature τ (Eq. 1)")
+    phi: float = Field(0.9, gt=0, description="KL sharpening temperature φ (Eq. 4)")
+    p1: float = Field(0.5, ge=0, le=1, description="probability a sample keeps plain teacher forcing")
+    p2: float = Field(0.8, ge=0, le=1, description="guided samples: probability a token is kept (replaced with 1 - p2)")
+    q: int = Field(5, ge=1, description="top-q language-view tokens averaged into a substitute")
+    lambda_lan: float = Field(1.0, ge=0, description="weight of the language view's decoder CE L_lan")
+    lambda_item: float = Field(0.1, ge=0, description="λ1: item-level contrastive loss")
+    lambda_user: float = Field(0.1, ge=0, description="λ2: user-level contrastive loss")
+    lambda_kl: float = Field(0.1, ge=0, description="λ3: symmetric KL between the views")
+    item_sample: int = Field(1024, ge=2, description="most history items per batch in L_item (random subset)")
+    z: int = Field(20, ge=1, description="retrieval candidates per path")
+    v: int = Field(5, ge=1, description="neighbours appended to the decoder context")
+    finetune_epochs: int = Field(3, ge=0, description="RAR fine-tuning epochs after pre-training (0 = none)")
+    finetune_lr: float | None = Field(None, gt=0, description="fine-tuning learning rate; null = generator.train.lr")
+    rar_active: bool = Field(False, description="set by the fine-tuning stage: augment at inference (stored in checkpoints)")
+
+
+def _info_nce(u: torch.Tensor, v: torch.Tensor, tau: float, same: torch.Tensor | None = None) -> torch.Tensor:
+    """``ℓ(u, v)``: mean over rows of ``-log softmax_j(cos(u_i, v_j)/τ)[i]``; ``same[i, j]`` True removes
+    ``j ≠ i`` from the negatives (same item)."""
+    logits = F.normalize(u.float(), dim=-1) @ F.normalize(v.float(), dim=-1).T / tau
+    if same is not None:
+        off = same & ~torch.eye(len(u), dtype=torch.bool, device=u.device)
+        logits = logits.masked_fill(off, float("-inf"))
+    return F.cross_entropy(logits, torch.arange(len(u), device=u.device))
+
+
+def symmetric_kl(z_a: torch.Tensor, z_b: torch.Tensor, phi: float) -> torch.Tensor:
+    """Eq. 4-5: ``mean_i Σ_l KL(P_a‖P_b) + KL(P_b‖P_a)`` with ``P = softmax(z/φ)``; logits [B, L, V]."""
+    la = F.log_softmax(z_a.float() / phi, dim=-1)
+    lb = F.log_softmax(z_b.float() / phi, dim=-1)
+    kl_ab = (la.exp() * (la - lb)).sum(-1)
+    kl_ba = (lb.exp() * (lb - la)).sum(-1)
+    return (kl_ab + kl_ba).sum(-1).mean()
+
+
+@register_head
+class GenPluginHead(Head):
+    name = "genplugin"
+    supports = ("tiger",)
+
+    def __init__(self, d_model: int, **cfg: Any):
+        super().__init__()
+        self.p = GenPluginParams.model_validate({"type": "genplugin", **cfg})
+        p = self.p
+        if d_model % p.lan_heads:
+            raise GenPluginError(f"genplugin: lan_heads ({p.lan_heads}) must divide d_model ({d_model})")
+        if p.n_items is None or p.text_dim is None:
+            if not p.embeddings:
+                raise GenPluginError("genplugin needs item embeddings: give `embeddings` (an item-embeddings ref) "
+                                     "or n_items and text_dim (a checkpoint)")
+            emb = self._load_embeddings(p)
+            p.n_items, p.text_dim = int(emb.shape[0]), int(emb.shape[1])
+            table = torch.from_numpy(np.ascontiguousarray(emb, dtype=np.float32))
+        else:
+            table = torch.zeros(p.n_items, p.text_dim)
+        self.d_model = d_model
+        self.register_buffer("item_text", table)  # frozen sentence-encoder output (persistent: saved in checkpoints)
+        self.proj = nn.Sequential(nn.Linear(p.text_dim, p.proj_hidden), nn.GELU(), nn.Linear(p.proj_hidden, d_model))
+        self.pos = nn.Embedding(p.max_positions, d_model)
+        layer = nn.TransformerEncoderLayer(d_model, p.lan_heads, p.lan_ff, p.dropout, activation="gelu", batch_first=True, norm_first=True)
+        self.lan_encoder = nn.TransformerEncoder(layer, p.lan_layers, norm=nn.LayerNorm(d_model), enable_nested_tensor=False)
+        self.nbr_type = nn.Parameter(torch.zeros(d_model))
+        self._retriever = None
+        self._retriever_tried = False
+        self.rar_fallback = False  # True once RAR was wanted but no retrieval index could be used
+        self._nbr_cache: dict[tuple, list[int]] = {}
+        from components.retrieval.retriever import RepresentationCache
+
+        self.rep_cache = RepresentationCache()
+        self.model_ref: str = f"local:{id(self)}"  # RepresentationCache key; a checkpoint ref once loaded
+        self._target_lookup: dict[tuple, int] | None = None
+
+    # ---- config / checkpoint ------------------------------------------------------------------
+    @staticmethod
+    def _load_embeddings(p: GenPluginParams) -> np.ndarray:
+        from components.registry import Registry
+        from components.tokenizer.encoders import load_embeddings
+
+        art = Registry(p.registry_root).load(p.embeddings)
+        return load_embeddings(art)
+
+    def config(self) -> dict[str, Any]:
+        return self.p.model_dump(mode="json")
+
+    def attach(self, model: nn.Module) -> None:
+        super().attach(model)
+        if self.p.n_items != model.vocab.n_items:
+            raise GenPluginError(f"genplugin: the item-embedding table has {self.p.n_items} rows but the codebook has "
+                                 f"{model.vocab.n_items} items (embeddings {self.p.embeddings!r} come from another dataset)")
+
+    @classmethod
+    def resolve(cls, cfg: dict[str, Any], registry, dataset_ref: str, codebook_ref: str, dataset_name: str) -> dict[str, Any]:
+        """Fill in the refs at ``genrec train`` time: embeddings (explicit > the codebook's ancestor
+        item-embeddings > ``item-embeddings/<dataset>@latest``, checked against the dataset version),
+        the retrieval index (explicit > ``retrieval-index/<dataset>@latest`` when it exists), the
+        registry root and the dataset ref."""
+        from components.registry import ArtifactNotFound
+        from components.tokenizer.encoders import load_embeddings
+
+        p = GenPluginParams.model_validate(cfg)
+        ref = p.embeddings
+        if ref is None:
+            ref = _ancestor(registry, codebook_ref, "item-embeddings") or f"item-embeddings/{dataset_name}@latest"
+        art = registry.load(ref)
+        load_embeddings(art, dataset_ref=dataset_ref)  # refuses embeddings of another dataset version
+        out = p.model_copy(update={"embeddings": art.ref, "registry_root": str(registry.root), "dataset": dataset_ref})
+        if p.rar and p.retrieval_index is None:
+            try:
+                out.retrieval_index = registry.load(f"retrieval-index/{dataset_name}@latest").ref
+            except ArtifactNotFound:
+                warnings.warn(f"genplugin: no retrieval-index/{dataset_name} (run `genrec retrieval build`): "
+                              "training without retrieval augmentation", stacklevel=2)
+        return out.model_dump(mode="json")
+
+    # ---- language view ------------------------------------------------------------------------
+    def language_states(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``H_u`` [B, N, d] and its mask [B, N] from right-aligned item indices [B, N] (-1 = pad).
+        Rows without items keep their last position unmasked (no NaN); their mask row is all False."""
+        valid = items >= 0
+        x = self.proj(self.item_text[items.clamp(min=0)])
+        N = items.shape[1]
+        pos = (N - 1 - torch.arange(N, device=items.device)).clamp(max=self.p.max_positions - 1)
+        x = x + self.pos(pos)[None]
+        attn_ok = valid.clone()
+        attn_ok[:, -1] |= ~valid.any(1)
+        h = self.lan_encoder(x, src_key_padding_mask=~attn_ok)
+        return h, valid
+
+    def _decode_teacher(self, states: torch.Tensor, mask: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced shared-decoder pass over another context; logits [B, L, V]."""
+        from components.generator.vocab import BOS
+
+        m = self.model
+        B, L = targets.shape
+        prev = torch.cat([torch.full((B, 1), BOS, dtype=torch.long, device=targets.device), targets[:, :-1]], dim=1)
+        tok = m.backbone.embed(prev)
+        dec = torch.cat([m._segment(t, tok[:, t : t + 1]) for t in range(L)], dim=1)
+        lvl = torch.full(mask.shape, -1, dtype=torch.long, device=mask.device)
+        ctx = Context(states, mask, lvl, lvl, states)
+        hidden, _ = m.backbone.decode(ctx, dec, None, None)
+        return m.backbone.logits(hidden[:, m.layout.readout.to(hidden.device)])
+
+    def _language_pass(self, ctx: Context, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        if _EXTRA_LAN in ctx.extras:
+            return ctx.extras[_EXTRA_LAN]
+        h, valid = self.language_states(ctx.extras["items"])
+        dmask = valid.clone()
+        dmask[:, -1] |= ~valid.any(1)
+        logits = self._decode_teacher(h, dmask, targets)
+        out = {"h": h, "valid": valid, "logits": logits}
+        ctx.extras[_EXTRA_LAN] = out
+        return out
+
+    # ---- SSG: semantic substitution (training only) -------------------------------------------
+    def substitutes(self, lan_logits: torch.Tensor) -> torch.Tensor:
+        """Substitute input vectors for ``c_0..c_{L-2}`` [B, L-1, d]: softmax over the top-``q``
+        language-view logits of each level (restricted to that level's tokens) weighting their embeddings."""
+        m = self.model
+        vocab = m.vocab
+        L = lan_logits.shape[1]
+        outs = []
+        for t in range(L - 1):
+            lo, hi = vocab.level_range(t)
+            z = lan_logits[:, t, lo:hi].detach().float()
+            k = min(self.p.q, hi - lo)
+            val, idx = z.topk(k, dim=-1)
+            w = torch.softmax(val, dim=-1)
+            emb = m.backbone.embed(idx + lo)  # [B, k, d]
+            outs.append((w[..., None].to(emb.dtype) * emb).sum(1))
+        return torch.stack(outs, dim=1)
+
+    def teacher_inputs(self, embeds: torch.Tensor, targets: torch.Tensor, ctx: Context) -> torch.Tensor:
+        if not self.training:
+            return embeds
+        lan = self._language_pass(ctx, targets)
+        if not self.p.ssg or embeds.shape[1] < 2:
+            return embeds
+        B, L = targets.shape
+        dev = embeds.device
+        guided = torch.rand(B, device=dev) >= self.p.p1
+        replace = guided[:, None] & (torch.rand(B, L, device=dev) >= self.p.p2)
+        replace[:, 0] = False  # BOS is never replaced
+        if not replace.any():
+            return embeds
+        sub = torch.cat([embeds[:, :1], self.substitutes(lan["logits"]).to(embeds.dtype)], dim=1)
+        return torch.where(replace[..., None], sub, embeds)
+
+    # ---- losses ---------------------------------------------------------------------------------
+    def losses(self, out: ForwardOutput) -> dict[str, torch.Tensor]:
+        if not self.training:
+            return {}
+        ctx = out.ctx
+        lan = self._language_pass(ctx, out.targets)
+        res: dict[str, torch.Tensor] = {}
+        if self.p.lambda_lan > 0:
+            ce = F.cross_entropy(lan["logits"].float().reshape(-1, lan["logits"].shape[-1]), out.targets.reshape(-1))
+            res["lan"] = self.p.lambda_lan * ce
+        if self.p.ssg and self.p.lambda_kl > 0:
+            res["kl"] = self.p.lambda_kl * symmetric_kl(lan["logits"], out.logits, self.p.phi)
+        if self.p.dsa and not self.p.rar_active:
+            item, user = self.alignment_losses(ctx, lan["h"], lan["valid"])
+            res["item"] = self.p.lambda_item * item
+            res["user"] = self.p.lambda_user * user
+        return res
+
+    def alignment_losses(self, ctx: Context, h: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L_item, L_user) of Eq. 2-3 from the ID states ``ctx.states`` and language states ``h``."""
+        items = ctx.extras["items"]
+        B, N = items.shape
+        S = ctx.slots.shape[1]
+        states = ctx.states[:, :S]
+        slots = ctx.slots
+        onehot = F.one_hot(slots.clamp(min=0), N).to(states.dtype) * (slots >= 0)[..., None].to(states.dtype)  # [B, S, N]
+        g = torch.einsum("bsn,bsd->bnd", onehot, states)  # Σ_r c_j^(r)
+        hv, gv, ids = h[valid], g[valid], items[valid]
+        if hv.shape[0] > self.p.item_sample:
+            sel = torch.randperm(hv.shape[0], device=hv.device)[: self.p.item_sample]
+            hv, gv, ids = hv[sel], gv[sel], ids[sel]
+        same = ids[:, None] == ids[None, :]
+        l_item = _info_nce(hv, gv, self.p.tau, same) + _info_nce(gv, hv, self.p.tau, same)
+        has = valid.any(1)
+        p_u = (h * valid[..., None]).sum(1) / valid.sum(1, keepdim=True).clamp(min=1)
+        q_u = self.user_representation(ctx)
+        p_u, q_u = p_u[has], q_u[has]
+        l_user = _info_nce(p_u, q_u, self.p.tau) + _info_nce(q_u, p_u, self.p.tau) if p_u.shape[0] > 1 else p_u.sum() * 0
+        return l_item, l_user
+
+    @staticmethod
+    def user_representation(ctx: Context) -> torch.Tensor:
+        """``q_u``: mean of the ID-encoder states over the history's item-token positions [B, d]."""
+        S = ctx.levels.shape[1]
+        m = (ctx.levels >= 0).to(ctx.states.dtype)[..., None]
+        return (ctx.states[:, :S] * m).sum(1) / m.sum(1).clamp(min=1)
+
+    # ---- RAR: retrieval augmentation ------------------------------------------------------------
+    def set_retriever(self, retriever) -> None:
+        """Use this :class:`~components.retrieval.UserRetriever` (checks catalog and z/v ranges)."""
+        if retriever is not None:
+            if len(retriever.item_vectors) != self.p.n_items:
+                raise GenPluginError(f"retrieval index covers {len(retriever.item_vectors)} items, the model {self.p.n_items}")
+            if self.p.dataset and retriever.dataset_ref and retriever.dataset_ref != self.p.dataset:
+                raise GenPluginError(f"retrieval index was built from {retriever.dataset_ref}, the model trained on {self.p.dataset}")
+            if self.p.z >= retriever.n_users or self.p.v >= retriever.n_users:
+                raise GenPluginError(f"genplugin z={self.p.z} and v={self.p.v} must be smaller than the {retriever.n_users} indexed users")
+        self._retriever = retriever
+        self._retriever_tried = True
+        self._nbr_cache.clear()
+        if retriever is not None:
+            self.rar_fallback = False
+
+    def retriever(self):
+        """The retriever, loaded once from ``retrieval_index``; None (with ``rar_fallback`` set and one
+        warning) when there is none. A foreign index (other dataset) raises :class:`GenPluginError`."""
+        if not self._retriever_tried:
+            self._retriever_tried = True
+            from components.registry import ArtifactError, Registry
+            from components.retrieval.retriever import UserRetriever
+
+            if not self.p.retrieval_index:
+                self._fallback("no retrieval index configured")
+            else:
+                try:
+                    art = Registry(self.p.registry_root).load(self.p.retrieval_index)
+                except (ArtifactError, OSError) as e:
+                    self._fallback(f"retrieval index {self.p.retrieval_index} unavailable ({e})")
+                else:
+                    self.set_retriever(UserRetriever.from_artifact(art))
+        return self._retriever
+
+    def _fallback(self, why: str) -> None:
+        self.rar_fallback = True
+        warnings.warn(f"genplugin: {why}; decoding WITHOUT retrieval augmentation (rar_fallback=True)", RuntimeWarning, stacklevel=3)
+
+    @torch.no_grad()
+    def neighbor_representations(self, histories: Sequence[Sequence[int]], keys: Sequence[Any] | None = None,
+                                 model_ref: str | None = None) -> torch.Tensor:
+        """``q_v`` [n, d] of users given by their histories (item indices, oldest first), computed by
+        the frozen ID encoder in eval mode and cached in :attr:`rep_cache` under ``(model_ref, key)``
+        (key defaults to the history). This is the hook a service uses for neighbours it got over gRPC."""
+        m = self.model
+        ref = model_ref or self.model_ref
+        keys = list(keys) if keys is not None else [("h",) + tuple(int(i) for i in h) for h in histories]
+        if len(keys) != len(histories):
+            raise GenPluginError(f"{len(keys)} keys for {len(histories)} histories")
+        if any(len(h) == 0 for h in histories):
+            raise GenPluginError("a neighbour has an empty history")
+        todo = [i for i, k in enumerate(keys) if not (ref == self.rep_cache.model_ref and k in self.rep_cache._data)]
+        computed: dict[int, np.ndarray] = {}
+        if todo:
+            enc = m.backbone.t5.get_encoder() if hasattr(m.backbone, "t5") else None
+            was = enc.training if enc is not None else False
+            if enc is not None:
+                enc.eval()
+            try:
+                for s in range(0, len(todo), 256):
+                    chunk = todo[s : s + 256]
+                    hist = m.encode_history([list(histories[i]) for i in chunk])
+                    ctx = m.backbone.encode(m.backbone.make_context(hist))
+                    reps = self.user_representation(ctx).float().cpu().numpy()
+                    computed.update({i: r for i, r in zip(chunk, reps)})
+            finally:
+                if enc is not None:
+                    enc.train(was)
+        rows = [self.rep_cache.get(ref, k, (lambda i=i: computed[i])) for i, k in enumerate(keys)]
+        return torch.from_numpy(np.stack(rows)).to(m.device)
+
+    def neighbor_extras(self, neighbor_histories: Sequence[Sequence[Sequence[int]]], model_ref: str | None = None) -> dict[str, torch.Tensor]:
+        """``extras`` for :func:`constrained_beam_search` / ``model.begin`` from each request's
+        neighbours' histories (as returned by a retrieval service): [B, v, d] states and [B, v] mask."""
+        B = len(neighbor_histories)
+        v = max([len(n) for n in neighbor_histories] + [1])
+        states = torch.zeros(B, v, self.d_model, device=self.model.device)
+        mask = torch.zeros(B, v, dtype=torch.bool, device=self.model.device)
+        flat = [(b, j, h) for b, nb in enumerate(neighbor_histories) for j, h in enumerate(nb) if len(h)]
+        if flat:
+            reps = self.neighbor_representations([h for _, _, h in flat], model_ref=model_ref)
+            for (b, j, _), r in zip(flat, reps):
+                states[b, j] = r
+                mask[b, j] = True
+        return {EXTRA_NBR_STATES: states, EXTRA_NBR_MASK: mask}
+
+    def _target_items(self, targets: torch.Tensor) -> list[int]:
+        if self._target_lookup is None:
+            self._target_lookup = {tuple(r): i for i, r in enumerate(self.model.vocab.item_tokens.tolist())}
+        return [self._target_lookup.get(tuple(r), -1) for r in targets.tolist()]
+
+    def retrieve(self, items: torch.Tensor, exclude: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Neighbour representations [B, v, d] and mask [B, v] for right-aligned history rows."""
+        r = self.retriever()
+        B = items.shape[0]
+        v = self.p.v
+        states = torch.zeros(B, v, self.d_model, device=items.device)
+        mask = torch.zeros(B, v, dtype=torch.bool, device=items.device)
+        if r is None:
+            return states, mask
+        rows = [[i for i in row if i >= 0] for row in items.tolist()]
+        want: list[tuple[int, int, int]] = []
+        for b, hist in enumerate(rows):
+            if not hist:
+                continue
+            ex = None if exclude is None or exclude[b] < 0 else exclude[b]
+            key = (tuple(hist), ex)
+            nb = self._nbr_cache.get(key)
+            if nb is None:
+                nb = [n.user for n in r.similar_users(history=hist, z=self.p.z, v=v, exclude_item=ex)]
+                if len(self._nbr_cache) > 200_000:
+                    self._nbr_cache.clear()
+                self._nbr_cache[key] = nb
+            want += [(b, j, u) for j, u in enumerate(nb)]
+        if want:
+            users = [u for _, _, u in want]
+            hists = [r.train_histories[u][-self.model.max_items :] for u in users]
+            reps = self.neighbor_representations(hists, keys=[("u", u) for u in users])
+            bi = torch.tensor([b for b, _, _ in want], device=items.device)
+            ji = torch.tensor([j for _, j, _ in want], device=items.device)
+            states[bi, ji] = reps.to(states.dtype)
+            mask[bi, ji] = True
+        return states, mask
+
+    def context_states(self, ctx: Context) -> Context:
+        if not (self.p.rar and self.p.rar_active):
+            return ctx
+        if EXTRA_NBR_STATES in ctx.extras:
+            nst = ctx.extras[EXTRA_NBR_STATES].to(ctx.states.device, ctx.states.dtype)
+            nmask = ctx.extras.get(EXTRA_NBR_MASK, torch.ones(nst.shape[:2], dtype=torch.bool, device=nst.device)).bool()
+        else:
+            exclude = None
+            if self.training and "targets" in ctx.extras:
+                exclude = self._target_items(ctx.extras["targets"])
+            nst, nmask = self.retrieve(ctx.extras["items"], exclude)
+            if not nmask.any():
+                return ctx
+        B, v = nmask.shape
+        fill = torch.full((B, v), -1, dtype=ctx.levels.dtype, device=ctx.levels.device)
+        nst = nst.to(ctx.states.dtype) + self.nbr_type.to(ctx.states.dtype)
+        return ctx.replace(embeds=torch.cat([ctx.embeds, nst.to(ctx.embeds.dtype)], 1), mask=torch.cat([ctx.mask, nmask], 1),
+                           levels=torch.cat([ctx.levels, fill], 1), slots=torch.cat([ctx.slots, fill], 1),
+                           states=torch.cat([ctx.states, nst], 1))
+
+    # ---- second training stage ------------------------------------------------------------------
+    def freeze_encoders(self) -> list[str]:
+        """Freeze the ID encoder (with the shared token embeddings it reads), the language encoder and
+        the projection; returns the frozen parameter names."""
+        m = self.model
+        frozen = []
+        for name, prm in m.named_parameters():
+            if name.startswith(("backbone.t5.encoder.", "backbone.t5.shared.")) or \
+                    any(name.startswith(f"heads.{i}.{part}") for i, h in enumerate(m.heads) if h is self for part in ("proj.", "pos.", "lan_encoder.")):
+                prm.requires_grad_(False)
+                frozen.append(name)
+        return frozen  # (the tied T5 output layer shares the embedding tensor: frozen with it)
+
+    def second_stage(self, result, make_trainer: Callable, train_params) -> Any:
+        """RAR fine-tuning after pre-training: load the best pre-training state, freeze the encoders,
+        switch augmentation on and train ``finetune_epochs`` more epochs (``make_trainer(params, tag)``
+        returns a Trainer over the same model). Returns the fine-tuning result (its history is the
+        concatenation); without a usable retrieval index, returns ``result`` unchanged (flagged)."""
+        p = self.p
+        if not p.rar or p.finetune_epochs == 0:
+            return result
+        if self.retriever() is None:
+            result.extra["genplugin.rar_fallback"] = True
+            return result
+        m = self.model
+        m.load_state_dict(result.best_state)
+        self.freeze_encoders()
+        p.rar_active = True
+        self.model_ref = f"finetune:{id(self)}"
+        tp = train_params.model_copy(update={"epochs": p.finetune_epochs, "lr": p.finetune_lr or train_params.lr,
+                                             "warmup_steps": min(train_params.warmup_steps, 10)})
+        res2 = make_trainer(tp, "rar").fit()
+        res2.history = [{**r, "stage": "pretrain"} for r in result.history] + [{**r, "stage": "rar"} for r in res2.history]
+        res2.extra.update({"genplugin.pretrain_valid": result.best_valid, "genplugin.pretrain_best_epoch": result.best_epoch,
+                           "genplugin.rar_fallback": self.rar_fallback})
+        return res2
+
+
+def _ancestor(registry, ref: str, kind: str, depth: int = 4) -> str | None:
+    """The nearest ancestor of ``ref`` of the given kind (breadth-first over manifest parents)."""
+    frontier, seen = [ref], set()
+    for _ in range(depth):
+        nxt = []
+        for r in frontier:
+            if r in seen:
+                continue
+            seen.add(r)
+            try:
+                art = registry.load(r)
+            except Exception:  # noqa: BLE001 - a missing ancestor just ends the walk
+                continue
+            for par in art.manifest.parents:
+                if par.startswith(kind + "/"):
+                    return par
+                nxt.append(par)
+        frontier = nxt
+    return None
+
+
+__all__ = ["GenPluginHead", "GenPluginParams", "GenPluginError", "symmetric_kl", "EXTRA_NBR_STATES", "EXTRA_NBR_MASK"]
