@@ -147,7 +147,7 @@ class GenerativeRecommender(nn.Module):
             state.ctx = _select_ctx(state.ctx, idx)
             if state.ctx_mask is not None:
                 state.ctx_mask = state.ctx_mask.index_select(0, idx)
-        self.backbone.select(state.backbone_state, idx)
+        self.backbone.select(state.backbone_state, idx, context=context)
         state.n_rows = int(idx.shape[0])
 
 
