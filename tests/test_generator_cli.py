@@ -13,7 +13,7 @@ from tests.generator_helpers import random_sids, synthetic_dataset
 TINY = ["generator.tiger.d_model=32", "generator.tiger.d_kv=8", "generator.tiger.d_ff=64", "generator.tiger.num_layers=1",
         "generator.tiger.num_decoder_layers=1", "generator.tiger.num_heads=2", "generator.train.epochs=2",
         "generator.train.max_steps_per_epoch=3", "generator.train.batch_size=32", "generator.train.valid_samples=8",
-        "generator.train.device=cpu", "generator.decode.max_samples=10", "generator.decode.k=5", "generator.decode.beam=6",
+        "generator.train.device=cpu", "generator.train.num_threads=1", "generator.decode.max_samples=10", "generator.decode.k=5", "generator.decode.beam=6",
         "data.dataset=synth"]
 
 

@@ -162,7 +162,10 @@ def cmd_rank(args, ctx) -> int:
     from components.generator.ranking import accuracy, rank_histories
     from components.generator.train import resolve_device
 
+    import torch
+
     gp = _gp(ctx)
+    torch.set_num_threads(gp.train.num_threads)
     reg = ctx.registry
     ref = args.checkpoint or f"generator/{_checkpoint_name(ctx, gp)}@latest"
     device = resolve_device(gp.train.device)
@@ -196,7 +199,10 @@ def cmd_rank(args, ctx) -> int:
 def cmd_recommend(args, ctx) -> int:
     from components.generator.recommend import Recommender
 
+    import torch
+
     gp = _gp(ctx)
+    torch.set_num_threads(gp.train.num_threads)
     ref = args.checkpoint or f"generator/{_checkpoint_name(ctx, gp)}@latest"
     rec = Recommender.from_registry(ctx.registry, ref)
     histories = [[x.strip() for x in h.split(",") if x.strip()] for h in args.history]
