@@ -56,3 +56,12 @@ def test_cli_train_without_codebook_says_what_to_do(registry, capsys, tmp_path):
     rc = main(["--registry", str(registry.root), *_sets(["generator.reference_sids=null"]), "train", "--no-progress",
                "--run-dir", str(tmp_path / "r")])
     assert rc == 2 and "no codebook for dataset/synth" in capsys.readouterr().err
+
+
+def test_set_flags_win_over_preset():
+    from components.cli import Context, build_parser
+    from components.generator.commands import _gp
+
+    args = build_parser().parse_args(["--set", "generator.preset=quick", "--set", "generator.train.epochs=7", "artifacts", "list"])
+    gp = _gp(Context(args))
+    assert gp.train.epochs == 7 and gp.tiger.d_model == 64 and gp.train.max_steps_per_epoch == 30

@@ -88,7 +88,8 @@ class GeneratorParams(Section):
     decode: DecodeParams = Field(default_factory=DecodeParams)
 
     def effective(self) -> "GeneratorParams":
-        """The params with the preset applied (preset values override the section's)."""
+        """The params with the preset applied (preset values override params.yaml; the CLI re-applies
+        its --set generator.* flags on top)."""
         if self.preset == "none":
             return self
         tree = self.model_dump()
