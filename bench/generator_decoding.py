@@ -34,16 +34,19 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def timed(fn, device, repeats):
-    fn()  # warm-up
+def timed_interleaved(fns, device, repeats):
+    """Median seconds of each function, runs interleaved (a, b, c, a, b, c, ...) so that load
+    changes on a shared machine hit every contender alike; one warm-up run each."""
+    outs = [fn() for fn in fns]
     sync(device)
-    ts = []
+    ts = [[] for _ in fns]
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        sync(device)
-        ts.append(time.perf_counter() - t0)
-    return out, float(np.median(ts))
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            ts[i].append(time.perf_counter() - t0)
+    return outs, [float(np.median(t)) for t in ts]
 
 
 def main() -> int:
@@ -87,9 +90,8 @@ def main() -> int:
                                    early_stopping=True, length_penalty=0.0,
                                    prefix_allowed_tokens_fn=prefix_fn if constrained else None)
 
-        res, t_ours = timed(ours, device, args.repeats)
-        out, t_hf = timed(hf, device, args.repeats)
-        _, t_free = timed(lambda: hf(False), device, args.repeats)
+        reps = args.repeats if B > 16 else args.repeats * 5
+        (res, out, _), (t_ours, t_hf, t_free) = timed_interleaved([ours, hf, lambda: hf(False)], device, reps)
         hf_items = vocab.decode(out[:, 1:].reshape(-1, L)).reshape(B, args.k)
         same = bool(np.array_equal(hf_items, res.items.cpu().numpy()))
         row = {"batch": B, "ours_ms": t_ours * 1e3, "hf_constrained_ms": t_hf * 1e3, "hf_unconstrained_ms": t_free * 1e3,

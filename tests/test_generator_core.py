@@ -17,7 +17,7 @@ from components.generator.train import Trainer, lr_factor
 from components.generator.vocab import BOS, EOS, PAD, SIDVocab
 from tests.generator_helpers import ProbeHead, random_sids, synthetic_dataset, tiny_model
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)
 
 
 # ---- vocabulary ------------------------------------------------------------------------------
@@ -153,7 +153,7 @@ def test_progressive_mask_values():
 
 # ---- training --------------------------------------------------------------------------------
 def _train_params(**kw):
-    base = dict(epochs=4, batch_size=32, lr=5e-3, warmup_steps=5, valid_samples=0, patience=10, device="cpu", num_threads=2)
+    base = dict(epochs=4, batch_size=32, lr=5e-3, warmup_steps=5, valid_samples=0, patience=10, device="cpu", num_threads=1)
     base.update(kw)
     return TrainParams(**base)
 

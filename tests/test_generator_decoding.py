@@ -10,7 +10,7 @@ import torch
 from components.generator.decoding import SIDTrie, constrained_beam_search
 from tests.generator_helpers import ProbeHead, exhaustive_topk, naive_beam_search, random_sids, tiny_model
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)
 SIZES = [4, 3, 5]
 HISTORIES = [[1, 2, 3], [5], [7, 8, 9, 10, 11], [0, 0]]
 

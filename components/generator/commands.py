@@ -53,7 +53,22 @@ def register(sub) -> None:
 
 # ---- helpers -------------------------------------------------------------------------------
 def _gp(ctx):
-    return ctx.params.generator.effective()
+    """``generator:`` params with the preset applied; ``--set generator.*`` flags win over the preset."""
+    from components.generator.params import GeneratorParams
+    from components.params import parse_overrides
+
+    gp = ctx.params.generator
+    eff = gp.effective()
+    if eff is gp:
+        return gp
+    tree = eff.model_dump()
+    for key, value in parse_overrides(getattr(ctx.args, "set", [])):
+        if key.startswith("generator."):
+            node, keys = tree, key.split(".")[1:]
+            for k in keys[:-1]:
+                node = node[k]
+            node[keys[-1]] = value
+    return GeneratorParams.model_validate(tree)
 
 
 def _checkpoint_name(ctx, gp) -> str:
@@ -182,7 +197,10 @@ def cmd_rank(args, ctx) -> int:
     from components.generator.ranking import accuracy, rank_histories
     from components.generator.train import resolve_device
 
+    import torch
+
     gp = _gp(ctx)
+    torch.set_num_threads(gp.train.num_threads)
     reg = ctx.registry
     ref = args.checkpoint or f"generator/{_checkpoint_name(ctx, gp)}@latest"
     device = resolve_device(gp.train.device)
@@ -216,7 +234,10 @@ def cmd_rank(args, ctx) -> int:
 def cmd_recommend(args, ctx) -> int:
     from components.generator.recommend import Recommender
 
+    import torch
+
     gp = _gp(ctx)
+    torch.set_num_threads(gp.train.num_threads)
     ref = args.checkpoint or f"generator/{_checkpoint_name(ctx, gp)}@latest"
     rec = Recommender.from_registry(ctx.registry, ref)
     histories = [[x.strip() for x in h.split(",") if x.strip()] for h in args.history]

@@ -139,12 +139,15 @@ class GenerativeRecommender(nn.Module):
             logits = h.adjust_logits(t, logits, state.ctx)
         return logits
 
-    def select(self, state: DecodeState, idx: torch.Tensor) -> None:
-        """Keep / reorder / expand rows: row ``i`` of the new state is old row ``idx[i]``."""
-        state.ctx = _select_ctx(state.ctx, idx)
-        if state.ctx_mask is not None:
-            state.ctx_mask = state.ctx_mask.index_select(0, idx)
-        self.backbone.select(state.backbone_state, idx)
+    def select(self, state: DecodeState, idx: torch.Tensor, context: bool = True) -> None:
+        """Keep / reorder / expand rows: row ``i`` of the new state is old row ``idx[i]``.
+        ``context=False`` reorders only the KV cache (valid when ``idx`` only permutes rows whose
+        context is identical, e.g. beams of one request after the first expansion)."""
+        if context:
+            state.ctx = _select_ctx(state.ctx, idx)
+            if state.ctx_mask is not None:
+                state.ctx_mask = state.ctx_mask.index_select(0, idx)
+        self.backbone.select(state.backbone_state, idx, context=context)
         state.n_rows = int(idx.shape[0])
 
 

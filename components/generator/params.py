@@ -54,7 +54,7 @@ class TrainParams(Section):
     extra_loss_weight: float = Field(1.0, ge=0, description="weight of the extra loss")
     device: str = Field("auto", description="auto (cuda if available) | cpu | cuda[:i]")
     bf16: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
-    num_threads: int = Field(2, ge=1, description="torch CPU threads")
+    num_threads: int = Field(1, ge=1, description="torch CPU threads (1 is fastest on a shared 2-core box; raise on a dedicated machine)")
     resume: bool = Field(True, description="resume from the run directory's last epoch if its config matches")
 
 
@@ -83,7 +83,8 @@ class GeneratorParams(Section):
     decode: DecodeParams = Field(default_factory=DecodeParams, description="constrained beam search settings")
 
     def effective(self) -> "GeneratorParams":
-        """The params with the preset applied (preset values override the section's)."""
+        """The params with the preset applied (preset values override params.yaml; the CLI re-applies
+        its --set generator.* flags on top)."""
         if self.preset == "none":
             return self
         tree = self.model_dump()

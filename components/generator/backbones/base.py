@@ -54,8 +54,10 @@ class Backbone(nn.Module):
         """Input embeddings of the whole SID vocabulary, [V, d] (differentiable; row = SID token id)."""
         return self.embed(torch.arange(self.vocab.size, device=next(self.parameters()).device))
 
-    def select(self, state: dict[str, Any], idx: torch.Tensor) -> None:
-        """Keep rows ``idx`` of the decoding state (beam reorder / expansion), in place."""
+    def select(self, state: dict[str, Any], idx: torch.Tensor, context: bool = True) -> None:
+        """Keep rows ``idx`` of the decoding state (beam reorder / expansion), in place.
+        ``context=False``: rows of one request share their context, so context-only caches
+        (cross-attention) need not move."""
         cache = state.get("cache")
         if cache is not None:
             cache.reorder_cache(idx)

@@ -68,6 +68,15 @@ class TigerBackbone(Backbone):
         state["cache"] = out.past_key_values if use_cache else None
         return out.last_hidden_state, state
 
+    def select(self, state: dict[str, Any], idx: torch.Tensor, context: bool = True) -> None:
+        cache = state.get("cache")
+        if cache is None:
+            return
+        if context:
+            cache.reorder_cache(idx)
+        else:  # cross-attention keys/values are the same for every beam of a request
+            cache.self_attention_cache.reorder_cache(idx)
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.t5.config.tie_word_embeddings:
             hidden = hidden * (self.d_model**-0.5)

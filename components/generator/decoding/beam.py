@@ -71,8 +71,10 @@ def constrained_beam_search(model, hist: EncodedHistory, trie: SIDTrie, beam: in
         scores = top_s
         tokens = torch.cat([tokens.reshape(B * width, -1)[src].view(B, new_width, -1), tok[..., None]], dim=-1)
         prev = (tok + lo).reshape(-1)
-        width = new_width
         if t < vocab.n_levels - 1:
-            model.select(state, src)
+            # every beam of a request shares its context: while the width stays the same only the
+            # KV cache moves; when it grows (step 0, small levels) the context rows are expanded too
+            model.select(state, src, context=(new_width != width))
+        width = new_width
     items = torch.where(torch.isfinite(scores), node, torch.full_like(node, -1))
     return BeamResult(items[:, :k], scores[:, :k], tokens[:, :k])
