@@ -73,7 +73,19 @@ class Recommender:
         return out, skipped
 
     @torch.no_grad()
-    def recommend(self, histories: list[list[str]], k: int = 10, beam: int = 20, skip_unknown: bool = False) -> Recommendations:
+    def retrieval_head(self):
+        """The head that takes retrieved neighbours (GenPlugin with RAR active), or None."""
+        for h in getattr(self.model, "heads", []):
+            p = getattr(h, "p", None)
+            if hasattr(h, "neighbor_extras") and getattr(p, "rar", False) and getattr(p, "rar_active", False):
+                return h
+        return None
+
+    def recommend(self, histories: list[list[str]], k: int = 10, beam: int = 20, skip_unknown: bool = False,
+                  neighbors: list[list[list[str]]] | None = None, model_ref: str | None = None) -> Recommendations:
+        """``neighbors[i]``: the histories (external item ids) of request ``i``'s retrieved users, for a
+        model with a retrieval head (given by a retrieval service; ``[]`` = answer without augmentation).
+        ``None`` leaves retrieval to the head itself (the index its checkpoint pins)."""
         n_items = len(self.item_ids)
         if k < 1 or k > n_items:
             raise GeneratorError(f"k must be in [1, {n_items}] (the catalog size), got {k}")
@@ -90,7 +102,12 @@ class Recommender:
         for s in range(0, len(live), self.batch_size):
             sel = live[s : s + self.batch_size]
             hist = self.model.encode_history([rows[i] for i in sel])
-            res = constrained_beam_search(self.model, hist, self.trie, beam=beam, k=k)
+            extras = None
+            head = self.retrieval_head() if neighbors is not None else None
+            if head is not None:
+                nbr = [[[self.index[x] for x in h if x in self.index] for h in neighbors[i]] for i in sel]
+                extras = head.neighbor_extras(nbr, model_ref=model_ref)
+            res = constrained_beam_search(self.model, hist, self.trie, beam=beam, k=k, extras=extras)
             idx[sel] = res.items.cpu().numpy()
             scores[sel] = res.scores.cpu().numpy()
         return Recommendations([[self.item_ids[i] for i in r] for r in idx.tolist()], idx, scores, fallback, skipped)

@@ -81,6 +81,7 @@ class GeneratorService(generator_pb2_grpc.GeneratorServicer):
         self.retrieval = retrieval
         self.codebook_ref = codebook_ref
         self._refresh_lock = threading.Lock()
+        self._head_lock = threading.Lock()  # a retrieval head's representation cache is not thread-safe
 
     @property
     def recommender(self) -> Recommender:
@@ -117,7 +118,7 @@ class GeneratorService(generator_pb2_grpc.GeneratorServicer):
         return k, beam
 
     def model_uses_retrieval(self) -> bool:
-        return any(getattr(h, "uses_retrieval", False) for h in getattr(self._rec.model, "heads", []))
+        return self._rec.retrieval_head() is not None
 
     def _neighbors(self, req) -> tuple[Any, bool, bool]:
         """(neighbours or None, retrieval_used, retrieval_unavailable). Only a model with a
@@ -144,7 +145,10 @@ class GeneratorService(generator_pb2_grpc.GeneratorServicer):
                 aug = [self._neighbors(reqs[i]) for i in part]
                 histories = [list(reqs[i].history) for i in part]
                 skip = any(reqs[i].skip_unknown for i in part)
-                res = self._decode(histories, k, beam, skip, [reqs[i].skip_unknown for i in part])
+                nbrs = None
+                if any(a[1] or a[2] for a in aug):  # retrieval asked for: its neighbours, or none (flagged)
+                    nbrs = [[list(n.item_ids) for n in (a[0] or [])] for a in aug]
+                res = self._decode(histories, k, beam, skip, [reqs[i].skip_unknown for i in part], nbrs)
                 for j, i in enumerate(part):
                     out[i] = generator_pb2.RecommendResponse(
                         item_ids=res.item_ids[j],
@@ -157,18 +161,25 @@ class GeneratorService(generator_pb2_grpc.GeneratorServicer):
                     )
         return out  # type: ignore[return-value]
 
-    def _decode(self, histories, k, beam, skip_any, skip_flags):
+    def _decode(self, histories, k, beam, skip_any, skip_flags, neighbors=None):
+        kw = {"k": k, "beam": beam, "skip_unknown": skip_any, "neighbors": neighbors, "model_ref": self.model_ref}
         try:
-            res = self._rec.recommend(histories, k=k, beam=beam, skip_unknown=skip_any)
+            res = self._call(histories, kw)
         except UnknownItemsError:
             if not self.refresh():  # maybe new items were just added to the tokenizer
                 raise
-            res = self._rec.recommend(histories, k=k, beam=beam, skip_unknown=skip_any)
+            res = self._call(histories, kw)
         if skip_any and not all(skip_flags):  # mixed batch: requests without skip_unknown must fail on unknown ids
             bad = [s for s, f in zip(res.skipped, skip_flags) if s and not f]
             if bad:
                 raise UnknownItemsError([x for b in bad for x in b])
         return res
+
+    def _call(self, histories, kw):
+        if self.model_uses_retrieval():
+            with self._head_lock:
+                return self._rec.recommend(histories, **kw)
+        return self._rec.recommend(histories, **kw)
 
     @unary
     def Recommend(self, request):

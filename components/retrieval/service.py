@@ -36,7 +36,13 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
                 raise RetrievalError(f"history of {len(items)} items: at most {self.max_history}")
             nbrs = self.retriever.similar_users(history=self.retriever.items_to_indices(items), z=z, v=v, exclude_item=exclude)
         return retrieval_pb2.SimilarUsersResponse(
-            users=[retrieval_pb2.Neighbor(user_id=self.retriever.user_ids[n.user], score=n.score, path=n.path) for n in nbrs],
+            users=[
+                retrieval_pb2.Neighbor(
+                    user_id=self.retriever.user_ids[n.user], score=n.score, path=n.path,
+                    item_ids=[self.retriever.item_ids[i] for i in self.retriever.train_histories[n.user]],
+                )
+                for n in nbrs
+            ],
             index_ref=self.index_ref,
         )
 

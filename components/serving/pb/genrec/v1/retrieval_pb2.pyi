@@ -27,14 +27,16 @@ class SimilarUsersRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., history: _Optional[_Union[History, _Mapping]] = ..., z: _Optional[int] = ..., v: _Optional[int] = ..., exclude_item: _Optional[str] = ...) -> None: ...
 
 class Neighbor(_message.Message):
-    __slots__ = ("user_id", "score", "path")
+    __slots__ = ("user_id", "score", "path", "item_ids")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
+    ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     score: float
     path: str
-    def __init__(self, user_id: _Optional[str] = ..., score: _Optional[float] = ..., path: _Optional[str] = ...) -> None: ...
+    item_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, user_id: _Optional[str] = ..., score: _Optional[float] = ..., path: _Optional[str] = ..., item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SimilarUsersResponse(_message.Message):
     __slots__ = ("users", "index_ref")
