@@ -101,7 +101,8 @@ class DecoderLMBackbone(Backbone):
         else:
             x, pos = embeds, dec_pos
         total = P + past + q
-        if ctx_mask is None:
+        hm = ctx.extras.get("history_mask") if prefill else None  # optional bool [N, P, P] prompt mask from a head
+        if ctx_mask is None and hm is None:
             mask = torch.cat([ctx.mask, torch.ones(N, past + q, dtype=torch.bool, device=dev)], dim=1).long()
         else:
             rows = (P if prefill else 0) + q
@@ -109,7 +110,10 @@ class DecoderLMBackbone(Backbone):
             kj = torch.arange(total, device=dev)
             allowed = (kj[None, :] <= qi[:, None])[None].expand(N, rows, total).clone()
             allowed[:, :, :P] &= ctx.mask[:, None, :]
-            allowed[:, rows - q :, :P] &= ctx_mask
+            if ctx_mask is not None:
+                allowed[:, rows - q :, :P] &= ctx_mask
+            if hm is not None:
+                allowed[:, :P, :P] &= hm
             mask = additive_mask(allowed, x.dtype if x.dtype != torch.bfloat16 else torch.float32)
         body = self.lm.get_decoder()
         out = body(inputs_embeds=x, attention_mask=mask, position_ids=pos, past_key_values=state.get("cache"), use_cache=use_cache)

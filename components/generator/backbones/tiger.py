@@ -46,7 +46,9 @@ class TigerBackbone(Backbone):
         return self.t5.shared(ids)
 
     def encode(self, ctx: Context) -> Context:
-        enc = self.t5.get_encoder()(inputs_embeds=ctx.embeds, attention_mask=ctx.mask.long())
+        hm = ctx.extras.get("history_mask")  # optional bool [B, S, S] from a head (CARE's progressive encoding)
+        mask = ctx.mask.long() if hm is None else additive_mask(ctx.mask[:, None, :] & hm, ctx.embeds.dtype)
+        enc = self.t5.get_encoder()(inputs_embeds=ctx.embeds, attention_mask=mask)
         return ctx.replace(states=enc.last_hidden_state)
 
     def decode(self, ctx, embeds, ctx_mask, state):

@@ -13,6 +13,9 @@ no-ops in :class:`Head`):
   (CARE: ``n_t`` learnable query vectors; the item token is read from the last query's output).
 - ``context_inputs(ctx)``: change / extend the history embeddings before the encoder (TIGER) or in
   the prompt (decoder-only) — e.g. GenPlugin's language view or retrieved neighbours for an LM.
+  A head may also put ``ctx.extras["history_mask"]`` (bool ``[B, S, S]``, which history positions
+  each history position may attend to) there: the backbones AND it into the T5 encoder's
+  self-attention / the decoder-only prompt's causal mask (CARE's progressive history encoding).
 - ``context_states(ctx)``: change / extend the encoded history (TIGER only), e.g. GenPlugin's
   retrieval augmentation concatenating cached user representations for the decoder.
 - ``context_mask(ctx, layout)``: bool ``[B, T, S]``, which context positions each decoder position
