@@ -81,7 +81,7 @@ def main() -> None:
     out["methods"]["minionerec"] = s
     plot_token_popularity(sids, [256] * 3, counts, str(ROOT / "bench" / "results" / "tokenizer_popularity_minionerec.png"), title="Industrial MiniOneRec (released)")
     (ROOT / "bench" / "results" / "tokenizer_industrial.json").write_text(json.dumps(out, indent=2) + "\n")
-    print(f"\n| method | level | util. | entropy (bits) | Gini (pop.) | top token share | prefix coll. | quant. err. (rel.) | prefix err. (MiniLM) |")
+    print("\n| method | level | util. | entropy (bits) | Gini (pop.) | top token share | prefix coll. | quant. err. (rel.) | prefix err. (MiniLM) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for m, st in out["methods"].items():
         for lv in st["levels"]:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 from components.data import CATALOG, Dataset, fetch, load_dataset
 from components.data.fetch import fetch_local
 from components.data.stats import dataset_stats, format_stats
-from components.registry.store import atomic_write_text
+from components.registry.store import write_json_atomic as _write_json
 
 
 def register(sub) -> None:
@@ -43,11 +41,6 @@ def cmd_fetch(args, ctx) -> int:
         dest = fetch(name, args.dest, mirror=args.mirror, url=args.url, force=args.force)
     print(f"{name}: raw files verified in {dest}")
     return 0
-
-
-def _write_json(path: str, obj) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(Path(path), json.dumps(obj, indent=2) + "\n")
 
 
 def cmd_stats(args, ctx) -> int:

@@ -13,13 +13,13 @@ import hashlib
 import io
 import os
 import shutil
-import tempfile
 import urllib.request
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from components.data.dataset import DataError
+from components.registry.store import atomic_write_bytes
 
 
 @dataclass(frozen=True)
@@ -91,17 +91,7 @@ def _place(dest: Path, data: bytes, expect: str, origin: str) -> None:
     got = _sha256_bytes(data)
     if got != expect:
         raise DataError(f"checksum mismatch for {dest.name} from {origin}: sha256 {got} != catalog {expect}")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(dest, data)
 
 
 def _download(url: str, timeout: float = 120.0) -> bytes:

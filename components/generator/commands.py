@@ -11,8 +11,8 @@ import numpy as np
 
 from components.data.dataset import Dataset
 from components.registry import Artifact, ArtifactNotFound
-from components.registry.store import atomic_write_text
 from components.tokenizer.codebook import Codebook
+from components.registry.store import write_json_atomic as _write_json
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +73,6 @@ def _gp(ctx):
 
 def _checkpoint_name(ctx, gp) -> str:
     return gp.name or f"{ctx.params.data.dataset}-{gp.backbone}"
-
-
-def _write_json(path: str, obj) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(Path(path), json.dumps(obj, indent=2, default=float) + "\n")
 
 
 def import_reference_codebook(registry, path: str, dataset_art: Artifact, name: str | None = None) -> Artifact:

@@ -40,11 +40,10 @@ def accuracy(topk: np.ndarray, targets: np.ndarray, ks=(5, 10)) -> dict[str, flo
 
 
 def popularity_weights(counts: np.ndarray, targets: np.ndarray, power: float) -> np.ndarray:
-    """Per-sample loss weights for popularity re-weighting (RW):
-    ``w_i = (count[target_i] + 1)^(-power)``, normalised so the mean over the samples is 1
-    (``power = 0`` gives all ones)."""
-    counts = np.asarray(counts, dtype=np.float64)
-    if power < 0:
-        raise ValueError(f"reweight power must be >= 0, got {power}")
-    w = (counts[np.asarray(targets)] + 1.0) ** (-float(power))
+    """Per-sample loss weights for popularity re-weighting (RW): the evaluation component's per-item
+    weights ``(count + 1)^(-power)`` taken at each sample's target, normalised to mean 1 over the
+    samples (``power = 0`` gives all ones)."""
+    from components.evaluation.baselines.reweight import popularity_weights as item_weights
+
+    w = item_weights(counts, power).astype(np.float64)[np.asarray(targets)]
     return (w / w.mean()).astype(np.float32)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+from components.registry.store import write_json_atomic as _write_json
 
 
 def register(sub) -> None:
@@ -15,13 +14,6 @@ def register(sub) -> None:
     r.add_argument("--csv-out", default=None, help="write sorted token popularity before/after as CSV (DVC plot)")
     r.add_argument("--progress", action="store_true", help="progress bars")
     r.set_defaults(func=cmd_rebalance)
-
-
-def _write_json(path: str, obj) -> None:
-    from components.registry.store import atomic_write_text
-
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(Path(path), json.dumps(obj, indent=2) + "\n")
 
 
 def cmd_rebalance(args, ctx) -> int:

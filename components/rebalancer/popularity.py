@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from components.data.stats import gini  # noqa: F401  (one Gini for the whole project; re-exported)
 
 
 def token_popularity(sids: np.ndarray, counts: np.ndarray, level: int, size: int | None = None) -> np.ndarray:
@@ -40,16 +41,6 @@ def pair_popularity(sids: np.ndarray, counts: np.ndarray, level: int) -> tuple[n
     pop = np.bincount(inv, weights=np.asarray(counts, dtype=np.float64)).round().astype(np.int64)
     pairs = np.stack([uniq // width, uniq % width], axis=1).astype(np.int32)
     return pairs, pop
-
-
-def gini(x: np.ndarray) -> float:
-    """Gini coefficient of non-negative values (0 = all equal, → 1 = one value holds everything)."""
-    v = np.sort(np.asarray(x, dtype=np.float64))
-    n = v.size
-    if n == 0 or v.sum() <= 0:
-        return 0.0
-    i = np.arange(1, n + 1, dtype=np.float64)
-    return float(2.0 * (i * v).sum() / (n * v.sum()) - (n + 1.0) / n)
 
 
 def popularity_stats(pop: np.ndarray, used: np.ndarray) -> dict[str, Any]:

@@ -53,13 +53,14 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a small text file atomically (temp file in the same directory + rename)."""
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write a file atomically (temp file in the same directory, fsync, rename)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
@@ -68,6 +69,18 @@ def atomic_write_text(path: Path, text: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    """Metrics / stats JSON (indent 2, trailing newline), written atomically."""
+    def plain(o: Any) -> Any:  # numpy scalars / arrays → Python
+        return o.tolist() if hasattr(o, "tolist") else str(o)
+
+    atomic_write_text(Path(path), json.dumps(obj, indent=2, default=plain) + "\n")
 
 
 @dataclass(frozen=True)

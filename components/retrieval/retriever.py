@@ -191,7 +191,7 @@ class UserRetriever:
         if cands.size == 0:
             return []
         cos = self.rerank_vectors[cands] @ rvec
-        in_a, in_c = set(a.tolist()), set(c.tolist())
+        in_a = set(a.tolist())
         order = sorted(range(len(cands)), key=lambda k: (int(cands[k]) not in both, -cos[k], int(cands[k])))
         out = []
         for k in order[:v]:

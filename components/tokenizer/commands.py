@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from components.registry.store import atomic_write_text
+from components.registry.store import write_json_atomic as _write_json
 
 
 def register(sub) -> None:
@@ -52,11 +52,6 @@ def cmd_embed(args, ctx) -> int:
     art = save_embeddings(ctx.registry, emb, dart.ref, args.name or ctx.params.data.dataset, enc.name, {"tokenizer": p.model_dump(mode="json", exclude={"method", "levels", "codebook_size", "niter", "max_points_per_centroid", "balanced_iters", "collisions", "rqvae", "flexcode"}), "seed": ctx.params.seed})
     print(f"wrote {art.ref}: {emb.shape[0]:,} items x {emb.shape[1]} dims ({enc.name}, {emb.shape[0] / dt:.1f} items/s)")
     return 0
-
-
-def _write_json(path: str, obj) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(Path(path), json.dumps(obj, indent=2) + "\n")
 
 
 def cmd_tokenize(args, ctx) -> int:

@@ -88,7 +88,6 @@ class RQVAE:
         return torch.stack(codes, 1), zq, residuals, loss
 
     def loss(self, x):
-        import torch.nn.functional as F
 
         z = self.encoder(x)
         codes, zq, residuals, vq = self.quantize(z)

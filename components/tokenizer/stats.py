@@ -21,16 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-
-
-def gini(values: np.ndarray) -> float:
-    """Gini coefficient of non-negative values (0 = equal, → 1 = one holds all)."""
-    x = np.sort(np.asarray(values, dtype=np.float64))
-    m, total = len(x), x.sum()
-    if m == 0 or total <= 0:
-        return 0.0
-    j = np.arange(1, m + 1)
-    return float(((2 * j - m - 1) * x).sum() / (m * total))
+from components.data.stats import gini  # noqa: F401  (one Gini for the whole project; re-exported)
 
 
 def entropy_bits(counts: np.ndarray) -> float:

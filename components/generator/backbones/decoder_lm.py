@@ -17,7 +17,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 
 from components.generator.backbones.base import Backbone, additive_mask
 from components.generator.heads.base import Context
