@@ -162,9 +162,10 @@ def fuzz_requests(rng: random.Random, items: list[str], users: list[str]):
     """Yields (service, method, request) triples of random, mostly malformed requests."""
     from components.serving.pb.genrec.v1 import common_pb2, generator_pb2, rebalancer_pb2, retrieval_pb2, tokenizer_pb2
 
-    def ids():
-        pool = [lambda: rng.choice(items), lambda: _garbage(rng), lambda: str(rng.randint(-10, 10**6)), lambda: ""]
-        return [rng.choice(pool)() for _ in range(rng.choice([0, 1, 3, 10, 50, 300, 5000]))]
+    def ids(sizes=(0, 1, 3, 10, 50, 300, 5000)):
+        n = rng.choice(sizes)
+        pool = [rng.choice(items), rng.choice(items), _garbage(rng), str(rng.randint(-10, 10**6)), ""]
+        return rng.choices(pool, k=n)
 
     def num():
         return rng.choice([0, 1, 5, 20, -1, -(2**31), 2**31 - 1, rng.randint(-1000, 1000)])
@@ -177,7 +178,7 @@ def fuzz_requests(rng: random.Random, items: list[str], users: list[str]):
                                                                            heads=generator_pb2.HeadOptions(use_retrieval=rng.random() < 0.5))
         elif kind == 1:
             yield "generator", "RecommendBatch", generator_pb2.RecommendBatchRequest(
-                requests=[generator_pb2.RecommendRequest(history=ids()[:20], k=num(), beam=num()) for _ in range(rng.choice([0, 1, 3, 300]))])
+                requests=[generator_pb2.RecommendRequest(history=ids((0, 1, 3, 20)), k=num(), beam=num()) for _ in range(rng.choice([0, 1, 3, 300]))])
         elif kind == 2:
             q = rng.random()
             req = retrieval_pb2.SimilarUsersRequest(z=num(), v=num(), exclude_item=rng.choice(["", rng.choice(items), _garbage(rng)]))
@@ -232,7 +233,7 @@ def cmd_fuzz(args) -> None:
             while min(p["requests"] for p in per.values()) < args.requests:
                 service, method, req = next(gen)
                 if per[service]["requests"] >= args.requests:
-                    continue
+                    continue  # this service has had its share; keep drawing for the others
                 p = per[service]
                 p["requests"] += 1
                 try:
@@ -257,6 +258,61 @@ def cmd_fuzz(args) -> None:
                                "crashes": sum(not a for a in alive.values())})
 
 
+def cmd_fault(args) -> None:
+    """Kill -9 the retrieval service mid-load; the generator (GenPlugin with RAR, which asks the
+    retrieval service for neighbours) must keep answering: 0 errors, answers flagged."""
+    import torch
+
+    from components.generator.heads.genplugin import GenPluginHead
+    from components.generator.model import GenerativeRecommender
+    from components.generator.recommend import Recommender
+    from components.generator.service import GeneratorService, Limits
+    from components.generator.service import registration as gen_registration
+    from components.generator.vocab import SIDVocab
+    from components.registry import Registry
+    from components.retrieval import UserRetriever
+    from components.serving.clients import RetrievalClient
+    from components.serving.grpc_server import BackgroundServer
+    from components.serving.pb.genrec.v1 import generator_pb2
+    from components.tokenizer.codebook import Codebook
+    from tests.generator_helpers import random_sids, synthetic_dataset, tiny_backbone
+
+    ds = synthetic_dataset(n_items=200, n_users=400, seq_len=12, max_history=10)
+    emb = np.random.default_rng(0).normal(size=(ds.n_items, 16)).astype(np.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "artifacts"
+        reg = Registry(root)
+        dart = ds.save(reg)
+        rart = UserRetriever.build(ds, emb, fields=("title",), dataset_ref=dart.ref).save(reg, "synth", parents=[dart.ref], params={})
+        torch.manual_seed(0)
+        sizes = [8, 8, 4]
+        sids = random_sids(sizes, ds.n_items)
+        head = GenPluginHead(32, n_items=ds.n_items, text_dim=16, lan_heads=2, lan_ff=32, proj_hidden=16, dataset=dart.ref, v=5, z=10, rar_active=True)
+        head.item_text.copy_(torch.from_numpy(emb))
+        model = GenerativeRecommender(tiny_backbone("tiger", SIDVocab(sids, sizes)), [head], max_items=10).eval()
+        rec = Recommender(model, Codebook(sids=sids, sizes=sizes, item_ids=ds.item_ids, method="random"), np.ones(ds.n_items))
+        ret = Server("retrieval", root, rart.ref)
+        client = RetrievalClient(ret.address, timeout_s=1.0, retries=1, backoff_s=0.02)
+        gen = GeneratorService(rec, "generator/synth@fault", limits=Limits(max_k=20, max_beam=40), retrieval=client)
+        items = ds.item_ids
+        killed_at = {}
+
+        async def killer():
+            await asyncio.sleep(args.seconds / 3)
+            killed_at["t"] = time.perf_counter()
+            ret.kill()
+
+        def req(rng):
+            return generator_pb2.RecommendRequest(history=rng.sample(items, rng.randint(1, 10)), k=10, beam=20,
+                                                  heads=generator_pb2.HeadOptions(use_retrieval=True))
+
+        with BackgroundServer([gen_registration(gen)]) as port:
+            out = asyncio.run(_load(f"127.0.0.1:{port}", req, args.clients, args.seconds, stop_hook=killer))
+        out["retrieval_killed_after_s"] = args.seconds / 3
+        out["model"] = "GenPlugin (RAR) on tiny TIGER, synthetic 200-item catalog, 400 users; retrieval over gRPC (timeout 1 s, 1 retry)"
+        write("serving_fault", out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -268,6 +324,10 @@ def main() -> None:
     fz.add_argument("--requests", type=int, default=10_000, help="per service")
     fz.add_argument("--seed", type=int, default=0)
     fz.set_defaults(func=cmd_fuzz)
+    fa = sub.add_parser("fault")
+    fa.add_argument("--clients", type=int, default=50)
+    fa.add_argument("--seconds", type=float, default=30)
+    fa.set_defaults(func=cmd_fault)
     args = ap.parse_args()
     args.func(args)
 
