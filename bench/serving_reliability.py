@@ -135,22 +135,28 @@ async def _load(address: str, make_request, clients: int, seconds: float, stop_h
 
 
 def cmd_load(args) -> None:
+    """The same load twice in one run: the generator decoding each call alone
+    (``serving.batch_wait_ms=0``) and merging concurrent calls (``batch_wait_ms`` = ``--wait-ms``)."""
     from components.serving.pb.genrec.v1 import generator_pb2
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "artifacts"
         refs = build_registry(root)
         items = refs["items"]
-        gen = Server("generator", root, refs["generator"])
-        try:
-            def req(rng):
-                return generator_pb2.RecommendRequest(history=rng.sample(items, rng.randint(1, 10)), k=10, beam=20)
 
-            out = asyncio.run(_load(gen.address, req, args.clients, args.seconds))
-        finally:
-            rc = gen.stop()
-        out["server_exit_code_after_sigterm"] = rc
-        out["model"] = "TIGER-size T5 (random weights), Industrial 3,686 items, beam 20, k 10, history 1-10"
+        def req(rng):
+            return generator_pb2.RecommendRequest(history=rng.sample(items, rng.randint(1, 10)), k=10, beam=20)
+
+        out = {"model": "TIGER-size T5 (random weights), Industrial 3,686 items, beam 20, k 10, history 1-10", "runs": {}}
+        for wait in (0.0, args.wait_ms):
+            gen = Server("generator", root, refs["generator"], extra=["--set", f"serving.batch_wait_ms={wait}"])
+            try:
+                res = asyncio.run(_load(gen.address, req, args.clients, args.seconds))
+            finally:
+                res["server_exit_code_after_sigterm"] = gen.stop()
+            out["runs"][f"batch_wait_ms={wait:g}"] = res
+        a, b = out["runs"]["batch_wait_ms=0"], out["runs"][f"batch_wait_ms={args.wait_ms:g}"]
+        out["throughput_ratio_batched_vs_alone"] = b["throughput_rps"] / max(a["throughput_rps"], 1e-9)
         write("serving_load", out)
 
 
@@ -319,6 +325,7 @@ def main() -> None:
     lo = sub.add_parser("load")
     lo.add_argument("--clients", type=int, default=100)
     lo.add_argument("--seconds", type=float, default=60)
+    lo.add_argument("--wait-ms", type=float, default=5.0, help="batch_wait_ms of the batched run")
     lo.set_defaults(func=cmd_load)
     fz = sub.add_parser("fuzz")
     fz.add_argument("--requests", type=int, default=10_000, help="per service")

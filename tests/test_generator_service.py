@@ -125,3 +125,25 @@ def test_rebind_refuses_incompatible_codebook(stack):
     other = Codebook(sids=cb.sids[::-1].copy(), sizes=cb.sizes, item_ids=cb.item_ids, method="x")
     with pytest.raises(ArtifactIncompatible, match="keep every existing item"):
         rebind_codebook(gen.recommender, other)
+
+
+def test_concurrent_calls_are_batched_and_equal_sequential(stack):
+    from concurrent.futures import ThreadPoolExecutor
+
+    stub, _, gen, _, ids, _ = stack
+    reqs = [generator_pb2.RecommendRequest(history=ids[i : i + 3], k=5, beam=10) for i in range(0, 48, 3)]
+    alone = [list(stub.Recommend(r, timeout=60).item_ids) for r in reqs]
+    before_batches, before_items = gen._batcher.batches, gen._batcher.items
+    with ThreadPoolExecutor(16) as pool:
+        together = list(pool.map(lambda r: list(stub.Recommend(r, timeout=60).item_ids), reqs))
+    assert together == alone
+    batches = gen._batcher.batches - before_batches
+    assert gen._batcher.items - before_items == len(reqs) and batches < len(reqs)  # some calls were merged
+    # a bad request inside a merged batch fails alone
+    bad = generator_pb2.RecommendRequest(history=["nope"], k=5)
+    with ThreadPoolExecutor(8) as pool:
+        futs = [pool.submit(stub.Recommend, r, timeout=60) for r in [bad, *reqs[:7]]]
+        with pytest.raises(grpc.RpcError) as e:
+            futs[0].result()
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert [list(f.result().item_ids) for f in futs[1:]] == alone[:7]

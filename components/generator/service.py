@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from components.generator.recommend import Recommender
 from components.generator.vocab import SIDVocab
 from components.registry import ArtifactIncompatible, Registry
 from components.serving.clients import RetrievalClient, TokenizerClient
-from components.serving.grpc_server import Unavailable, unary
+from components.serving.grpc_server import MicroBatcher, Unavailable, status_for, unary
 from components.serving.pb.genrec.v1 import generator_pb2, generator_pb2_grpc
 from components.tokenizer.codebook import Codebook
 
@@ -43,6 +44,7 @@ class Limits:
     max_beam: int = 200
     max_batch: int = 256
     default_beam: int = 20
+    batch_wait_ms: float = 5.0  # merge concurrent Recommend calls for this long (0 = decode each call alone)
 
 
 def rebind_codebook(rec: Recommender, cb: Codebook) -> Recommender:
@@ -82,6 +84,7 @@ class GeneratorService(generator_pb2_grpc.GeneratorServicer):
         self.codebook_ref = codebook_ref
         self._refresh_lock = threading.Lock()
         self._head_lock = threading.Lock()  # a retrieval head's representation cache is not thread-safe
+        self._batcher = MicroBatcher(self._recommend_each, max_batch=limits.max_batch, max_wait_s=limits.batch_wait_ms / 1000)
 
     @property
     def recommender(self) -> Recommender:
@@ -181,9 +184,35 @@ class GeneratorService(generator_pb2_grpc.GeneratorServicer):
                 return self._rec.recommend(histories, **kw)
         return self._rec.recommend(histories, **kw)
 
-    @unary
-    def Recommend(self, request):
-        return self._recommend_group([request])[0]
+    def _recommend_each(self, reqs: list) -> list:
+        """One batched decode for many callers; a failing request gets its own exception only."""
+        try:
+            return self._recommend_group(reqs)
+        except Exception:  # noqa: BLE001 (isolate the bad request(s): answer one by one)
+            if len(reqs) == 1:
+                raise
+            out = []
+            for r in reqs:
+                try:
+                    out.append(self._recommend_group([r])[0])
+                except Exception as e:  # noqa: BLE001
+                    out.append(e)
+            return out
+
+    async def Recommend(self, request, context):
+        """Validated at once; then merged with concurrent calls (``batch_wait_ms``) into one decode."""
+        try:
+            self._check(request)
+            if self.limits.batch_wait_ms <= 0:
+                call = asyncio.to_thread(self._recommend_group, [request])
+                remaining = context.time_remaining()
+                out = await (asyncio.wait_for(call, remaining) if remaining is not None else call)
+                return out[0]
+            remaining = context.time_remaining()
+            call = self._batcher.submit(request)
+            return await (asyncio.wait_for(call, remaining) if remaining is not None else call)
+        except Exception as e:  # noqa: BLE001 (every failure becomes a status)
+            await context.abort(status_for(e), (str(e).strip() or type(e).__name__)[:2000])
 
     @unary
     def RecommendBatch(self, request):

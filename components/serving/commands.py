@@ -53,7 +53,7 @@ def _generator(args, ctx):
     kw = {"timeout_s": sp.client_timeout_s, "retries": sp.client_retries}
     service = GeneratorService(
         rec, art.ref, registry=ctx.registry,
-        limits=Limits(sp.max_history, sp.max_k, sp.max_beam, sp.max_batch, sp.default_beam),
+        limits=Limits(sp.max_history, sp.max_k, sp.max_beam, sp.max_batch, sp.default_beam, sp.batch_wait_ms),
         tokenizer=TokenizerClient(sp.tokenizer_address, **kw) if sp.tokenizer_address else None,
         retrieval=RetrievalClient(sp.retrieval_address, **kw) if sp.retrieval_address else None,
         codebook_ref=art.load_json("config.json").get("codebook"),

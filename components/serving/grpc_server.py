@@ -68,6 +68,58 @@ def unary(fn: Callable[..., Any]) -> Callable[..., Any]:
     return handler
 
 
+class MicroBatcher:
+    """Merge concurrent requests into one call of ``fn(items) -> results``.
+
+    ``await submit(item)`` queues the item; a single consumer task takes the first waiting item,
+    gathers more until ``max_batch`` or ``max_wait_s`` has passed, runs ``fn`` on the batch in a
+    worker thread (one batch at a time, so the event loop never blocks) and resolves each caller's
+    future with its own result — or its own exception, when ``fn`` returns one in that slot.
+    """
+
+    def __init__(self, fn: Callable[[list], list], max_batch: int = 64, max_wait_s: float = 0.005):
+        self.fn, self.max_batch, self.max_wait_s = fn, max_batch, max_wait_s
+        self._queue: asyncio.Queue | None = None
+        self._task: asyncio.Task | None = None
+        self.batches = 0
+        self.items = 0
+
+    async def submit(self, item: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        if self._task is None or self._task.done():
+            self._queue = asyncio.Queue()
+            self._task = loop.create_task(self._consume())
+        fut = loop.create_future()
+        await self._queue.put((item, fut))
+        return await fut
+
+    async def _consume(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            deadline = loop.time() + self.max_wait_s
+            while len(batch) < self.max_batch:
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self._queue.get(), left))
+                except asyncio.TimeoutError:
+                    break
+            live = [(i, f) for i, f in batch if not f.done()]  # callers may have given up (deadline)
+            if not live:
+                continue
+            try:
+                results = await asyncio.to_thread(self.fn, [i for i, _ in live])
+            except Exception as e:  # noqa: BLE001 (fn should not raise; if it does, every caller gets it)
+                results = [e] * len(live)
+            self.batches += 1
+            self.items += len(live)
+            for (_, f), r in zip(live, results):
+                if not f.done():
+                    f.set_exception(r) if isinstance(r, BaseException) else f.set_result(r)
+
+
 async def _run(server: grpc.aio.Server, health_servicer: AioHealthServicer, names: Iterable[str], grace_s: float, ready: asyncio.Event | None) -> None:
     await server.start()
     for n in names:

@@ -15,6 +15,7 @@ class ServingParams(Section):
     max_beam: int = Field(200, ge=1, description="widest beam one request may ask for")
     max_batch: int = Field(256, ge=1, description="most requests per RecommendBatch / decoding batch")
     default_beam: int = Field(20, ge=1, description="beam when a request leaves it 0 (raised to k if smaller)")
+    batch_wait_ms: float = Field(5.0, ge=0, description="generator: merge concurrent Recommend calls for up to this long into one decode (0 = off)")
     tokenizer_address: str | None = Field(None, description="host:port of the tokenizer service (live new items); null = none")
     retrieval_address: str | None = Field(None, description="host:port of the retrieval service (GenPlugin augmentation); null = none")
     client_timeout_s: float = Field(2.0, gt=0, description="deadline of each service-to-service call")
