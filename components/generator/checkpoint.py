@@ -53,3 +53,40 @@ def load_checkpoint(registry: Registry, ref: str, codebook: Codebook | None = No
     if missing or unexpected:
         raise ArtifactCorrupted(f"{art.ref}: state dict mismatch (missing {missing[:5]}, unexpected {unexpected[:5]})")
     return model.to(device).eval(), codebook, art
+
+
+def warm_start(model: GenerativeRecommender, registry: Registry, ref: str, codebook: Codebook, codebook_art: Artifact) -> Artifact:
+    """Initialise ``model`` (built for ``codebook``) from checkpoint ``ref`` — CRAB §4.3.
+
+    Every weight is copied; vocabulary-sized rows (token embeddings, a tied or untied output layer)
+    are re-laid out for the new codebook with each token taking the row of its origin token
+    (``codebook.token_origin``), so a token a split created starts as the token it came from. The
+    checkpoint must have been trained on ``codebook`` itself or on the codebook it was rebalanced
+    from (a parent of ``codebook_art``), else :class:`ArtifactIncompatible`."""
+    import torch
+
+    from components.rebalancer.alignment import expand_token_embeddings
+
+    old_model, old_cb, old_art = load_checkpoint(registry, ref)
+    old_cb_ref = old_art.load_json("config.json")["codebook"]
+    same = old_cb.sizes == codebook.sizes and old_cb.sids.shape == codebook.sids.shape and (old_cb.sids == codebook.sids).all()
+    if not same and old_cb_ref not in codebook_art.manifest.parents:
+        raise ArtifactIncompatible(f"{old_art.ref} was trained on {old_cb_ref}; {codebook_art.ref} was not rebalanced from it "
+                                   f"(its parents: {codebook_art.manifest.parents})")
+    ov, nv = old_model.vocab, model.vocab
+    origin = codebook.token_origin if not same else [list(range(s)) for s in codebook.sizes]
+    old_state, new_state = old_model.state_dict(), model.state_dict()
+    for key, cur in new_state.items():
+        prev = old_state.get(key)
+        if prev is None:
+            raise ArtifactIncompatible(f"{old_art.ref} has no weight {key!r} (another architecture?)")
+        if prev.shape == cur.shape and (same or prev.shape[:1] != (ov.size,)):
+            new_state[key] = prev
+        elif prev.ndim >= 1 and prev.shape[0] == ov.size and cur.shape[0] == nv.size and prev.shape[1:] == cur.shape[1:]:
+            flat = prev.reshape(ov.size, -1)
+            new_state[key] = expand_token_embeddings(flat, ov.offsets, ov.sizes, nv.offsets, nv.sizes, origin).reshape(cur.shape)
+        else:
+            raise ArtifactIncompatible(f"{key}: checkpoint shape {tuple(prev.shape)} does not fit {tuple(cur.shape)}")
+    with torch.no_grad():
+        model.load_state_dict(new_state)
+    return old_art

@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 def register(sub) -> None:
     t = sub.add_parser("train", help="train the generator (generator: params) and write a generator/<name> checkpoint")
     t.add_argument("--codebook", default=None, help="codebook ref (default: generator.codebook, else the latest for data.dataset)")
+    t.add_argument("--init-from", default=None, help="start from this generator checkpoint (CRAB: the model trained on the codebook this one was rebalanced from; new tokens copy their origin rows)")
     t.add_argument("--dataset", default=None, help="dataset ref (default: dataset/<data.dataset>@latest)")
     t.add_argument("--name", default=None, help="checkpoint name (default: generator.name or <dataset>-<backbone>)")
     t.add_argument("--run-dir", default=None, help="resumable run directory (default: .genrec/runs/<name>)")
@@ -158,6 +159,11 @@ def cmd_train(args, ctx) -> int:
     torch.set_num_threads(gp.train.num_threads)
     seed_everything(ctx.params.seed)
     model = build_model(gp, vocab, max_items)
+    if args.init_from:  # CRAB §4.3: fine-tune the model trained on the codebook this one was rebalanced from
+        from components.generator.checkpoint import warm_start
+
+        src = warm_start(model, reg, args.init_from, cb, cb_art)
+        print(f"initialised from {src.ref} (new tokens copy their origin token's rows)")
     name = args.name or _checkpoint_name(ctx, gp)
     run_dir = args.run_dir or f".genrec/runs/{name}"
     trainer = Trainer(model, ds, SIDTrie(cb.sids, cb.sizes), gp.train, seed=ctx.params.seed, eval_beam=gp.decode.beam,
