@@ -105,7 +105,8 @@ def test_cli_embed_tokenize_and_new_items(industrial, registry, tmp_path):
     from components.cli import main
 
     industrial.save(registry)
-    common = ["--registry", str(registry.root), "--set", "tokenizer.encoder=tfidf", "--set", "tokenizer.tfidf_dim=32", "--set", "tokenizer.codebook_size=16", "--set", "tokenizer.niter=5"]
+    common = ["--registry", str(registry.root), "--set", "tokenizer.encoder=tfidf", "--set", "tokenizer.tfidf_dim=32", "--set", "tokenizer.codebook_size=16", "--set", "tokenizer.niter=5",
+              "--set", "tokenizer.method=rqkmeans"]
     assert main([*common, "embed"]) == 0
     metrics, png = tmp_path / "m" / "tokenizer.json", tmp_path / "p.png"
     assert main([*common, "tokenize", "--metrics-out", str(metrics), "--plot-out", str(png)]) == 0
