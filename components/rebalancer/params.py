@@ -12,7 +12,7 @@ class RebalanceParams(Section):
 
     enabled: bool = Field(True, description="false = no-op: the input codebook is re-saved unchanged as the output name (meta passthrough=input ref)")
     codebook: str = Field("industrial-rqkmeans", description="input codebook: a name under artifacts/codebook/ (its @latest) or a full ref kind/name@version")
-    embeddings: str | None = Field(None, description="item-embeddings artifact ref for the residuals; null = codewords, else TF-IDF+SVD of item text")
+    embeddings: str | None = Field(None, description="item-embeddings artifact ref for the residuals (must come from the same dataset); null = codewords, else TF-IDF+SVD of item text")
     name: str | None = Field(None, description="output codebook name; null = <data.dataset>-crab")
     split_ratio: float = Field(0.1, gt=0.0, le=1.0, description="share of each level's used tokens (most popular first) that may split")
     max_splits: int = Field(4, ge=2, description="upper bound on the new tokens one token splits into")

@@ -16,7 +16,7 @@ import numpy as np
 from components.rebalancer.crab import RebalanceError, RebalanceResult, detect_semantic_levels, rebalance_codebook
 from components.rebalancer.popularity import level_stats, token_popularity
 from components.rebalancer.params import RebalanceParams
-from components.registry import Artifact, ArtifactCorrupted, Registry
+from components.registry import Artifact, Registry
 from components.tokenizer.codebook import Codebook
 
 
@@ -33,20 +33,6 @@ class StageOutput:
 def codebook_ref(value: str) -> str:
     """A bare name means ``codebook/<name>@latest``."""
     return value if "/" in value else f"codebook/{value}@latest"
-
-
-def load_embeddings(art: Artifact) -> np.ndarray:
-    """The first 2-D float array of an embeddings artifact: ``*.npy`` or ``*.safetensors``."""
-    for f in art.manifest.files:
-        if f.path.endswith(".npy"):
-            arr = art.load_numpy(f.path)
-            if arr.ndim == 2 and np.issubdtype(arr.dtype, np.floating):
-                return arr.astype(np.float32, copy=False)
-        if f.path.endswith(".safetensors"):
-            for t in art.load_safetensors(f.path).values():
-                if t.ndim == 2 and t.is_floating_point():
-                    return t.float().numpy()
-    raise ArtifactCorrupted(f"{art.ref} holds no 2-D float array (.npy or .safetensors) of item embeddings")
 
 
 def run_rebalance(registry: Registry, params: RebalanceParams, dataset: str, seed: int = 2024, progress: bool = False,
@@ -76,8 +62,10 @@ def run_rebalance(registry: Registry, params: RebalanceParams, dataset: str, see
     emb = None
     parents: list[Any] = [cb_art, ds_art]
     if params.embeddings:
+        from components.tokenizer.encoders import load_embeddings  # the item-embeddings format's owner
+
         e_art = registry.load(params.embeddings)
-        emb = load_embeddings(e_art)
+        emb = load_embeddings(e_art, dataset_ref=ds_art.ref, n_items=ds.n_items)
         parents.append(e_art)
     result = rebalance_codebook(
         cb,
