@@ -29,6 +29,7 @@ COMMAND_MODULES = [
     "components.evaluation.commands",
     "components.rebalancer.commands",
     "components.generator.commands",
+    "components.experiment.commands",
 ]
 
 
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     ctx = Context(args)
     from components.data.dataset import DataError
+    from components.experiment.runner import ExperimentError  # noqa: F401  (a ValueError)
 
     try:
         rc = args.func(args, ctx)

@@ -47,6 +47,7 @@ class RegistryParams(Section):
 
 # Component sections (imported here, after Section exists, so each component may subclass it).
 from components.evaluation.params import EvaluationParams  # noqa: E402
+from components.experiment.params import ExperimentParams  # noqa: E402
 from components.generator.params import GeneratorParams  # noqa: E402
 from components.rebalancer.params import RebalanceParams  # noqa: E402
 from components.retrieval.params import RetrievalParams  # noqa: E402
@@ -66,6 +67,7 @@ class Params(Section):
     rebalance: RebalanceParams = Field(default_factory=RebalanceParams, description="CRAB codebook rebalancing")
     generator: GeneratorParams = Field(default_factory=GeneratorParams, description="generator backbone, heads, training and decoding")
     serving: ServingParams = Field(default_factory=ServingParams, description="gRPC services and BentoML bundle: bounds, addresses, timeouts")
+    experiment: ExperimentParams = Field(default_factory=ExperimentParams, description="every method as a variant, seeds, what dvc repro runs, the report")
 
 
 class ParamsError(ValueError):

@@ -53,62 +53,104 @@ def _dataset(ctx) -> tuple[Dataset, str]:
     return Dataset.from_artifact(art), art.ref
 
 
-def _sasrec_configs(ctx, ds: Dataset) -> tuple[SASRecConfig, TrainConfig]:
-    p = ctx.params.evaluation.baselines.sasrec
+def _sasrec_configs(params, ds: Dataset, seed: int) -> tuple[SASRecConfig, TrainConfig]:
+    p = params.evaluation.baselines.sasrec
     mc = SASRecConfig(
         n_items=ds.n_items, max_len=p.max_len or ds.max_history, d_model=p.d_model, n_layers=p.n_layers, n_heads=p.n_heads, dropout=p.dropout
     )
     tc = TrainConfig(
         epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay, patience=p.patience,
-        seed=ctx.params.seed, max_minutes=p.max_minutes, num_threads=p.num_threads,
+        seed=seed, max_minutes=p.max_minutes, num_threads=p.num_threads,
     )
     return mc, tc
 
 
 def cmd_baselines(args, ctx) -> int:
-    ev = ctx.params.evaluation
+    summary = run_baselines(ctx.registry, ctx.params, args.methods or ctx.params.evaluation.baselines.methods,
+                            reuse_models=args.reuse_models)
+    if args.summary_out:
+        Path(args.summary_out).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(Path(args.summary_out), json.dumps(summary, indent=2) + "\n")
+    return 0
+
+
+def _reusable_sasrec(registry, name: str, params: dict[str, Any]):
+    """The stored SASRec model ``model/<name>@latest`` if it was trained with exactly ``params``."""
+    from components.registry import ArtifactNotFound
+
+    try:
+        art = registry.load(f"model/{name}@latest")
+    except ArtifactNotFound:
+        return None
+    return art if json.dumps(art.params, sort_keys=True, default=str) == json.dumps(params, sort_keys=True, default=str) else None
+
+
+def baseline_run_key(method: str, seed: int, dataset_ref: str, params) -> str:
+    """What determines a baseline's rankings (an experiment skips a run whose rankings carry this key)."""
+    import hashlib
+
+    ev = params.evaluation
+    obj = {"method": method, "seed": seed, "dataset": dataset_ref, "baselines": ev.baselines.model_dump(mode="json"), "topk": max(ev.topk, max(ev.ks))}
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_baselines(registry, params, methods: list[str], *, seed: int | None = None, suffix: str = "", reuse_models: bool = False,
+                  t0: float | None = None) -> dict[str, Any]:
+    """Fit and rank the classical baselines ``methods`` with ``seed`` (default: params.seed); write
+    ``rankings/<dataset>-<method><suffix>`` and ``model/<dataset>-sasrec[-rw]<suffix>``. SASRec+RR
+    alone reuses a stored SASRec trained with the same params and seed. Returns the summary."""
+    import time
+
+    t0 = time.perf_counter() if t0 is None else t0
+    all_params = params
+    seed = params.seed if seed is None else seed
+    ev = params.evaluation
     bp = ev.baselines
-    methods = args.methods or bp.methods
-    ds, ds_ref = _dataset(ctx)
+    ds_art = registry.load(f"dataset/{params.data.dataset}@latest")
+    ds, ds_ref = Dataset.from_artifact(ds_art), ds_art.ref
     counts = ds.train_item_counts()
     K = max(ev.topk, max(ev.ks))
     splits = {s: ds.splits[s] for s in ("valid", "test")}
-    summary: dict[str, Any] = {"dataset": ds_ref, "k": K, "ranking": RANKING_NOTE, "methods": {}}
-    base_params = {"seed": ctx.params.seed, "topk": K}
+    summary: dict[str, Any] = {"dataset": ds_ref, "k": K, "seed": seed, "ranking": RANKING_NOTE, "methods": {}}
+    base_params = {"seed": seed, "topk": K}
 
     def record(method: str, topk: dict[str, np.ndarray], parents: list[str], params: dict[str, Any], scores=None, extra=None) -> None:
-        art = save_rankings(ctx.registry, ds.name, method, topk, ds.n_items, parents=parents, params=params, scores=scores)
-        row = {s: {m: evaluate_topk(topk[s], splits[s].target, counts, ks=(10,))[m] for m in ("HR@10", "NDCG@10")} for s in topk}
+        meta = {"seed": seed, "variant": method, "run_seconds": round(time.perf_counter() - t0, 1),
+                "run_key": baseline_run_key(method, seed, ds_ref, all_params)}
+        art = save_rankings(registry, ds.name, method + suffix, topk, ds.n_items, parents=parents, params=params, scores=scores, meta=meta)
+        kk = min(ev.report_k, K)
+        row = {s: {m: evaluate_topk(topk[s], splits[s].target, counts, ks=(kk,))[m] for m in (f"HR@{kk}", f"NDCG@{kk}")} for s in topk}
         summary["methods"][method] = {"rankings": art.ref, **row, **(extra or {})}
-        print(f"{art.ref}: valid HR@10 {row['valid']['HR@10']:.4f} NDCG@10 {row['valid']['NDCG@10']:.4f} | "
-              f"test HR@10 {row['test']['HR@10']:.4f} NDCG@10 {row['test']['NDCG@10']:.4f}")
+        print(f"{art.ref}: " + " | ".join(f"{s} " + " ".join(f"{m} {v:.4f}" for m, v in r.items()) for s, r in row.items()))
 
     if "popular" in methods:
         record("popular", {s: most_popular_topk(counts, len(sp), K) for s, sp in splits.items()}, [ds_ref], base_params)
 
-    mc, tc = _sasrec_configs(ctx, ds)
+    mc, tc = _sasrec_configs(params, ds, seed)
     sasrec_params = {**base_params, "sasrec": bp.sasrec.model_dump(mode="json")}
     for variant, weights in (("sasrec", None), ("sasrec-rw", "rw")):
         wanted = [m for m in methods if m == variant or (variant == "sasrec" and m == "sasrec-rr")]
         if not wanted:
             continue
         iw = popularity_weights(counts, bp.rw_power) if weights else None
-        params = {**sasrec_params, **({"rw_power": bp.rw_power} if weights else {})}
-        if args.reuse_models:
-            model_art = ctx.registry.load(f"model/{ds.name}-{variant}@latest")
+        mparams = {**sasrec_params, **({"rw_power": bp.rw_power} if weights else {})}
+        model_name = f"{ds.name}-{variant}{suffix}"
+        model_art = registry.load(f"model/{model_name}@latest") if reuse_models else \
+            (_reusable_sasrec(registry, model_name, mparams) if variant not in methods else None)
+        if model_art is not None:
             cfg = model_art.load_json("config.json")
             res = TrainResult(SASRec.from_artifact(model_art), cfg.get("history", []), cfg.get("best_epoch", 0), cfg.get("best_valid_ndcg10", 0.0), 0.0)
         else:
             res = train_sasrec(ds.train_sequences(), splits["valid"].history, splits["valid"].target, mc, tc, item_weights=iw)
             model_art = res.model.save(
-                ctx.registry, f"{ds.name}-{variant}", parents=[ds_ref], params=params,
+                registry, model_name, parents=[ds_ref], params=mparams,
                 extra={"train": tc.__dict__, "history": res.history, "best_epoch": res.best_epoch, "best_valid_ndcg10": res.best_valid_ndcg10},
             )
         extra = {"model": model_art.ref, "best_epoch": res.best_epoch, "epochs_run": len(res.history), "train_seconds": round(res.seconds, 1), "curve": res.history}
         print(f"{model_art.ref}: best epoch {res.best_epoch}/{len(res.history)}, valid NDCG@10 {res.best_valid_ndcg10:.4f}, {res.seconds:.0f}s")
         if variant in methods:
             out = {s: res.model.score_topk(sp.history, K) for s, sp in splits.items()}
-            record(variant, {s: o[0] for s, o in out.items()}, [ds_ref, model_art.ref], params, scores={s: o[1] for s, o in out.items()}, extra=extra)
+            record(variant, {s: o[0] for s, o in out.items()}, [ds_ref, model_art.ref], mparams, scores={s: o[1] for s, o in out.items()}, extra=extra)
         if variant == "sasrec" and "sasrec-rr" in methods:
             gamma, sweep = bp.rr_gamma, None
             if gamma == "auto":
@@ -117,12 +159,9 @@ def cmd_baselines(args, ctx) -> int:
                 print(f"RR: gamma {gamma} chosen on valid (lowest DGU@10 within {bp.rr_max_ndcg_drop:.0%} of the NDCG@10 at gamma 0)")
             pen = torch.from_numpy(popularity_penalty(counts, gamma))
             out = {s: res.model.score_topk(sp.history, K, adjust=lambda x: x - pen) for s, sp in splits.items()}
-            record("sasrec-rr", {s: o[0] for s, o in out.items()}, [ds_ref, model_art.ref], {**params, "rr_gamma": bp.rr_gamma, "rr_grid": bp.rr_grid},
+            record("sasrec-rr", {s: o[0] for s, o in out.items()}, [ds_ref, model_art.ref], {**mparams, "rr_gamma": bp.rr_gamma, "rr_grid": bp.rr_grid},
                    scores={s: o[1] for s, o in out.items()}, extra={"model": model_art.ref, "rr_gamma": gamma, "rr_valid_sweep": sweep})
-    if args.summary_out:
-        Path(args.summary_out).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(Path(args.summary_out), json.dumps(summary, indent=2) + "\n")
-    return 0
+    return summary
 
 
 def cmd_evaluate(args, ctx) -> int:

@@ -60,7 +60,9 @@ def warm_start(model: GenerativeRecommender, registry: Registry, ref: str, codeb
 
     Every weight is copied; vocabulary-sized rows (token embeddings, a tied or untied output layer)
     are re-laid out for the new codebook with each token taking the row of its origin token
-    (``codebook.token_origin``), so a token a split created starts as the token it came from. The
+    (``codebook.token_origin``), so a token a split created starts as the token it came from. Heads
+    the checkpoint does not have (e.g. CARE or GenPlugin added for the fine-tune) keep their fresh
+    initialisation; every other missing weight is an error. The
     checkpoint must have been trained on ``codebook`` itself or on the codebook it was rebalanced
     from (a parent of ``codebook_art``), else :class:`ArtifactIncompatible`."""
     import torch
@@ -76,8 +78,11 @@ def warm_start(model: GenerativeRecommender, registry: Registry, ref: str, codeb
     ov, nv = old_model.vocab, model.vocab
     origin = codebook.token_origin if not same else [list(range(s)) for s in codebook.sizes]
     old_state, new_state = old_model.state_dict(), model.state_dict()
+    old_heads = {h.name for h in old_model.heads}
     for key, cur in new_state.items():
         prev = old_state.get(key)
+        if prev is None and key.startswith("heads.") and model.heads[int(key.split(".")[1])].name not in old_heads:
+            continue  # a head the source model did not have (e.g. CARE added for the fine-tune) keeps its fresh init
         if prev is None:
             raise ArtifactIncompatible(f"{old_art.ref} has no weight {key!r} (another architecture?)")
         if prev.shape == cur.shape and (same or prev.shape[:1] != (ov.size,)):

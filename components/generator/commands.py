@@ -12,6 +12,7 @@ import numpy as np
 from components.data.dataset import Dataset
 from components.registry import Artifact, ArtifactNotFound
 from components.tokenizer.codebook import Codebook
+from components.generator.hardware import threads
 from components.registry.store import write_json_atomic as _write_json
 
 log = logging.getLogger(__name__)
@@ -85,10 +86,9 @@ def import_reference_codebook(registry, path: str, dataset_art: Artifact, name: 
     return cb.save(registry, name or f"{ds.name}-reference", parents=[dataset_art.ref], params={"source": str(path)})
 
 
-def resolve_codebook(ctx, gp, dataset_art: Artifact, explicit: str | None) -> Artifact:
+def resolve_codebook(reg, gp, dataset_art: Artifact, explicit: str | None, dataset_name: str) -> Artifact:
     """The codebook to train on: explicit ref > generator.codebook > latest codebook built from the
     dataset > the released reference SIDs (imported as codebook/<dataset>-reference, with a notice)."""
-    reg = ctx.registry
     ref = explicit or gp.codebook
     if ref:
         return reg.load(ref)
@@ -98,7 +98,7 @@ def resolve_codebook(ctx, gp, dataset_art: Artifact, explicit: str | None) -> Ar
         return max(cands, key=lambda a: a.manifest.created)
     path = gp.reference_sids
     if path == "auto":
-        path = f"data/raw/{ctx.params.data.dataset}/reference/minionerec.index.json"
+        path = f"data/raw/{dataset_name}/reference/minionerec.index.json"
     if path and Path(path).exists():
         print(f"genrec train: no codebook artifact for {ds_name}; using the released reference SIDs {path}")
         return import_reference_codebook(reg, path, dataset_art)
@@ -136,8 +136,13 @@ def build_model(gp, vocab, max_items: int):
     return GenerativeRecommender.from_config({"backbone": bb, "heads": gp.heads, "max_items": max_items}, vocab)
 
 
-# ---- commands ------------------------------------------------------------------------------
-def cmd_train(args, ctx) -> int:
+def train_generator(registry, gp, dataset_ref: str, codebook_ref: str | None, name: str, *, seed: int, dataset_name: str,
+                    init_from: str | None = None, run_dir: str | None = None, progress: bool = True):
+    """Train ``gp`` on the dataset and codebook, save ``generator/<name>`` and return ``(artifact, summary, history)``.
+
+    ``init_from``: a generator checkpoint to start from (CRAB §4.3: the model trained on the codebook
+    this one was rebalanced from; new tokens copy their origin rows). The core of `genrec train`
+    and of each experiment variant."""
     import torch
 
     from components.generator.checkpoint import save_checkpoint
@@ -146,89 +151,110 @@ def cmd_train(args, ctx) -> int:
     from components.generator.train import Trainer
     from components.generator.vocab import SIDVocab
 
-    gp = _gp(ctx)
-    reg = ctx.registry
-    ds_art = reg.load(args.dataset or f"dataset/{ctx.params.data.dataset}@latest")
+    ds_art = registry.load(dataset_ref)
     ds = Dataset.from_artifact(ds_art)
-    cb_art = resolve_codebook(ctx, gp, ds_art, args.codebook)
+    cb_art = resolve_codebook(registry, gp, ds_art, codebook_ref, dataset_name)
     cb = Codebook.from_artifact(cb_art)
     cb.check_dataset(ds_art.ref, ds.n_items)
     vocab = SIDVocab.from_codebook(cb)
     max_items = gp.max_items or ds.max_history
-    gp = _resolve_heads(gp, reg, ds_art.ref, cb_art.ref, ctx.params.data.dataset)
-    torch.set_num_threads(gp.train.num_threads)
-    seed_everything(ctx.params.seed)
+    gp = _resolve_heads(gp, registry, ds_art.ref, cb_art.ref, dataset_name)
+    torch.set_num_threads(threads(gp.train.num_threads))
+    seed_everything(seed)
     model = build_model(gp, vocab, max_items)
-    if args.init_from:  # CRAB §4.3: fine-tune the model trained on the codebook this one was rebalanced from
+    if init_from:
         from components.generator.checkpoint import warm_start
 
-        src = warm_start(model, reg, args.init_from, cb, cb_art)
+        src = warm_start(model, registry, init_from, cb, cb_art)
         print(f"initialised from {src.ref} (new tokens copy their origin token's rows)")
-    name = args.name or _checkpoint_name(ctx, gp)
-    run_dir = args.run_dir or f".genrec/runs/{name}"
-    trainer = Trainer(model, ds, SIDTrie(cb.sids, cb.sizes), gp.train, seed=ctx.params.seed, eval_beam=gp.decode.beam,
-                      run_dir=run_dir, extra_losses=_extra_losses(gp, model, cb), progress=not args.no_progress,
-                      fingerprint=vocab.fingerprint() + ds_art.ref)
+    run_dir = run_dir or f".genrec/runs/{name}"
+    trainer = Trainer(model, ds, SIDTrie(cb.sids, cb.sizes), gp.train, seed=seed, eval_beam=gp.decode.beam,
+                      run_dir=run_dir, extra_losses=_extra_losses(gp, model, cb), progress=progress,
+                      fingerprint=vocab.fingerprint() + ds_art.ref + (init_from or ""))
     res = trainer.fit()
     for h in model.heads:  # heads with a second training stage (GenPlugin: retrieval-augmented fine-tuning)
         if hasattr(h, "second_stage"):
             def make_trainer(tp, tag, _extra=trainer.extra_losses):
-                return Trainer(model, ds, SIDTrie(cb.sids, cb.sizes), tp, seed=ctx.params.seed, eval_beam=gp.decode.beam,
-                               run_dir=f"{run_dir}-{tag}", extra_losses=_extra, progress=not args.no_progress,
+                return Trainer(model, ds, SIDTrie(cb.sids, cb.sizes), tp, seed=seed, eval_beam=gp.decode.beam,
+                               run_dir=f"{run_dir}-{tag}", extra_losses=_extra, progress=progress,
                                fingerprint=vocab.fingerprint() + ds_art.ref)
             res = h.second_stage(res, make_trainer, gp.train)
     n_params = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     summary = {"best_epoch": res.best_epoch, "epochs_run": res.epochs_run, "stopped_early": res.stopped_early,
                "train_samples_per_s": round(res.samples_per_s, 2), "train_seconds": round(res.train_seconds, 1),
-               "params": n_params, "trainable_params": n_train, **{f"valid.{k}": v for k, v in res.best_valid.items()}, **res.extra}
-    params = {"seed": ctx.params.seed, "generator": gp.model_dump(mode="json"), "max_items": max_items}
-    art = save_checkpoint(reg, name, model, cb_art.ref, ds_art.ref, params, meta=summary, state_dict=res.best_state,
+               "params": n_params, "trainable_params": n_train, "seed": seed, "init_from": init_from,
+               **{f"valid.{k}": v for k, v in res.best_valid.items()}, **res.extra}
+    params = {"seed": seed, "generator": gp.model_dump(mode="json"), "max_items": max_items, "init_from": init_from}
+    art = save_checkpoint(registry, name, model, cb_art.ref, ds_art.ref, params, meta=summary, state_dict=res.best_state,
                           popularity=ds.train_item_counts())
     print(f"wrote {art.ref}: best valid NDCG@10 {res.best_valid.get('ndcg@10', float('nan')):.4f} at epoch {res.best_epoch} "
-          f"({res.epochs_run} epochs, {res.samples_per_s:.0f} samples/s)")
-    if args.metrics_out:
-        _write_json(args.metrics_out, {"checkpoint": art.ref, **summary, "history": res.history})
-    return 0
+          f"({res.epochs_run} epochs, {res.samples_per_s:.0f} samples/s, {summary['wall_seconds']:.0f} s)")
+    return art, summary, res.history
 
 
-def cmd_rank(args, ctx) -> int:
+def rank_generator(registry, gp, checkpoint_ref: str, *, dataset_ref: str | None = None, splits=("valid", "test"),
+                   name: str | None = None, progress: bool = True, meta: dict | None = None):
+    """Rank ``splits`` with constrained beam search; write ``rankings/<name>`` (default: the checkpoint's
+    name) and return ``(artifact, metrics)``. The core of `genrec rank` and of each experiment variant."""
+    import time
+
+    import torch
+
     from components.generator.checkpoint import load_checkpoint
     from components.generator.decoding import SIDTrie
     from components.generator.ranking import accuracy, rank_histories
     from components.generator.train import resolve_device
 
-    import torch
-
-    gp = _gp(ctx)
-    torch.set_num_threads(gp.train.num_threads)
-    reg = ctx.registry
-    ref = args.checkpoint or f"generator/{_checkpoint_name(ctx, gp)}@latest"
+    torch.set_num_threads(threads(gp.train.num_threads))
     device = resolve_device(gp.train.device)
-    model, cb, art = load_checkpoint(reg, ref, device=str(device))
-    ds_art = reg.load(args.dataset or art.meta["dataset"])
+    model, cb, art = load_checkpoint(registry, checkpoint_ref, device=str(device))
+    ds_art = registry.load(dataset_ref or art.meta["dataset"])
     ds = Dataset.from_artifact(ds_art)
     cb.check_dataset(ds_art.ref, ds.n_items)
     trie = SIDTrie(cb.sids, cb.sizes).to(device)
     k = min(gp.decode.k, cb.n_items)
     beam = max(gp.decode.beam, k)
     arrays, metrics = {}, {"checkpoint": art.ref, "beam": beam, "k": k}
-    for split in args.splits:
+    t0 = time.perf_counter()
+    for split in splits:
         sp = ds.splits[split]
         n = len(sp) if gp.decode.max_samples == 0 else min(len(sp), gp.decode.max_samples)
         topk, scores = rank_histories(model, trie, sp.history[:n], k=k, beam=beam, batch_size=gp.decode.batch_size,
-                                      progress=not args.no_progress, desc=split)
+                                      progress=progress, desc=split)
         arrays.update({f"{split}_topk": topk, f"{split}_scores": scores, f"{split}_targets": sp.target[:n].astype(np.int32)})
         metrics[split] = {"n": n, **accuracy(topk, sp.target[:n], ks=(5, 10))}
         print(f"{split}: n={n} " + " ".join(f"{m}={v:.4f}" for m, v in metrics[split].items() if m != "n"))
-    name = art.manifest.name
-    with reg.create("rankings", name, parents=[art.ref, ds_art.ref], params={"beam": beam, "k": k, "max_samples": gp.decode.max_samples}) as w:
+    metrics["rank_seconds"] = round(time.perf_counter() - t0, 1)
+    with registry.create("rankings", name or art.manifest.name, parents=[art.ref, ds_art.ref],
+                         params={"beam": beam, "k": k, "max_samples": gp.decode.max_samples}) as w:
         w.write_npz("rankings.npz", **arrays)
         w.write_json("metrics.json", metrics)
-        w.meta.update({"checkpoint": art.ref, **{f"{s}.{m}": v for s in args.splits for m, v in metrics[s].items()}})
+        w.meta.update({"checkpoint": art.ref, "codebook": art.meta.get("codebook"), "rank_seconds": metrics["rank_seconds"],
+                       **{f"{s}.{m}": v for s in splits for m, v in metrics[s].items()}, **(meta or {})})
     print(f"wrote {w.artifact.ref}")
+    return w.artifact, metrics
+
+
+# ---- commands ------------------------------------------------------------------------------
+def cmd_train(args, ctx) -> int:
+    gp = _gp(ctx)
+    name = args.name or _checkpoint_name(ctx, gp)
+    art, summary, history = train_generator(
+        ctx.registry, gp, args.dataset or f"dataset/{ctx.params.data.dataset}@latest", args.codebook, name,
+        seed=ctx.params.seed, dataset_name=ctx.params.data.dataset, init_from=args.init_from, run_dir=args.run_dir,
+        progress=not args.no_progress)
     if args.metrics_out:
-        _write_json(args.metrics_out, {**metrics, "rankings": w.artifact.ref})
+        _write_json(args.metrics_out, {"checkpoint": art.ref, **summary, "history": history})
+    return 0
+
+
+def cmd_rank(args, ctx) -> int:
+    gp = _gp(ctx)
+    ref = args.checkpoint or f"generator/{_checkpoint_name(ctx, gp)}@latest"
+    art, metrics = rank_generator(ctx.registry, gp, ref, dataset_ref=args.dataset, splits=args.splits, progress=not args.no_progress)
+    if args.metrics_out:
+        _write_json(args.metrics_out, {**metrics, "rankings": art.ref})
     return 0
 
 
@@ -238,7 +264,7 @@ def cmd_recommend(args, ctx) -> int:
     import torch
 
     gp = _gp(ctx)
-    torch.set_num_threads(gp.train.num_threads)
+    torch.set_num_threads(threads(gp.train.num_threads))
     ref = args.checkpoint or f"generator/{_checkpoint_name(ctx, gp)}@latest"
     rec = Recommender.from_registry(ctx.registry, ref)
     histories = [[x.strip() for x in h.split(",") if x.strip()] for h in args.history]

@@ -1,5 +1,5 @@
-"""Training loop: AdamW, linear warmup + cosine decay, gradient clipping, bf16 autocast on CUDA,
-early stopping on validation NDCG@10 computed with constrained beam search on a fixed valid
+"""Training loop: AdamW, linear warmup + cosine decay, gradient clipping, bf16 autocast where the
+device runs it natively (CUDA; CPUs with AMX / AVX512-BF16), early stopping on validation NDCG@10 computed with constrained beam search on a fixed valid
 subsample, deterministic seeds, tqdm progress, resumable from a run directory (safetensors +
 json only).
 
@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from components.generator.decoding import SIDTrie
+from components.generator.hardware import threads, use_bf16
 from components.generator.model import GenerativeRecommender, seed_everything, state_dict_for_save
 from components.generator.params import TrainParams
 from components.generator.ranking import accuracy, popularity_weights, rank_histories
@@ -94,7 +95,7 @@ class Trainer:
         self.extra_losses = extra_losses or {}
         self.progress = progress
         # epochs / patience / resume may change between invocations (extend a run); all else must match
-        tp = params.model_dump(exclude={"epochs", "patience", "resume", "device", "num_threads"})
+        tp = params.model_dump(exclude={"epochs", "patience", "resume", "device", "num_threads", "max_minutes", "min_delta"})
         cfg = {"model": model.config_dict(), "train": tp, "seed": seed, "fingerprint": fingerprint}
         self.config_hash = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -106,7 +107,7 @@ class Trainer:
         """Train until ``epochs``, early stopping, or ``stop_after`` epochs in this call (a time box;
         a later call with the same run directory continues exactly where this one stopped)."""
         p = self.params
-        torch.set_num_threads(p.num_threads)
+        torch.set_num_threads(threads(p.num_threads))
         seed_everything(self.seed)
         model = self.model.to(self.device)
         ds = self.dataset
@@ -126,7 +127,7 @@ class Trainer:
         params = [q for q in model.parameters() if q.requires_grad]
         opt = torch.optim.AdamW(params, lr=p.lr, weight_decay=p.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, p.warmup_steps, total_steps))
-        use_bf16 = p.bf16 and self.device.type == "cuda"
+        bf16 = use_bf16(p.bf16, self.device)
         history: list[dict[str, Any]] = []
         best = {"ndcg@10": -1.0}
         best_epoch, bad, start_epoch = -1, 0, 0
@@ -138,7 +139,8 @@ class Trainer:
             from safetensors.torch import load_file
 
             best_state = load_file(str(self.run_dir / "best.safetensors"))
-        t_train, n_seen, stopped = 0.0, 0, False
+        t_train, n_seen, stopped, budget_hit = 0.0, 0, False, False
+        t_wall = time.perf_counter()
         epoch = start_epoch
         for epoch in range(start_epoch, p.epochs):
             model.train()
@@ -153,7 +155,7 @@ class Trainer:
                     break
                 hist = EncodedHistory(hist_all.tokens[idx], hist_all.mask[idx], hist_all.levels[idx], hist_all.slots[idx], hist_all.items[idx])
                 targets = item_tokens[tgt_all[idx]]
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
                     out = model(hist, targets, weights=None if weights is None else weights[idx])
                     losses = dict(out.losses)
                     for name, (fn, lam) in self.extra_losses.items():
@@ -182,7 +184,7 @@ class Trainer:
                 metrics = accuracy(topk, valid.target[vidx], ks=(5, 10))
                 row.update({f"valid.{m}": v for m, v in metrics.items()})
                 score = metrics.get("ndcg@10", metrics.get("ndcg@5", 0.0))
-                if score > best.get("ndcg@10", -1.0):
+                if score > best.get("ndcg@10", -1.0) + (p.min_delta if best_epoch > 0 else 0.0):
                     best, best_epoch, bad = {"ndcg@10": score, **metrics}, epoch + 1, 0
                     best_state = state_dict_for_save(model)
                 else:
@@ -193,12 +195,18 @@ class Trainer:
             if bad >= p.patience:
                 stopped = True
                 break
+            if p.max_minutes and (time.perf_counter() - t_wall) / 60.0 >= p.max_minutes:
+                log.info("wall-clock budget of %.1f min reached after epoch %d", p.max_minutes, epoch + 1)
+                budget_hit = True
+                break
             if stop_after is not None and epoch + 1 - start_epoch >= stop_after:
                 break
         return TrainResult(best_state=best_state, history=history, best_epoch=best_epoch, best_valid=best,
                            epochs_run=len(history), stopped_early=stopped,
                            samples_per_s=(n_seen / t_train) if t_train > 0 else float(np.mean([h["samples_per_s"] for h in history] or [0.0])), train_seconds=t_train, resumed_from=start_epoch,
-                           extra={"valid_samples": int(len(vidx)), "steps_per_epoch": steps_per_epoch, "device": str(self.device)})
+                           extra={"valid_samples": int(len(vidx)), "steps_per_epoch": steps_per_epoch, "device": str(self.device),
+                                  "bf16": bf16, "threads": torch.get_num_threads(), "budget_hit": budget_hit,
+                                  "wall_seconds": round(time.perf_counter() - t_wall, 1)})
 
     # ---- resumable run directory ----------------------------------------------------------
     def _save_run(self, model, opt, epoch, history, best, best_epoch, bad, best_state) -> None:

@@ -1,0 +1,87 @@
+"""``experiment:`` params: the variants (one params block per method), seeds, and what `dvc repro` runs.
+
+A variant is data, not code. Generator variants override ``generator:`` keys (deep-merged on top
+of the preset; ``--set generator.*`` flags still win), choose the codebook they train on, and may
+warm-start from another variant's checkpoint of the same seed (CRAB's post-hoc fine-tune).
+Baseline variants name a classical baseline (popular, sasrec, sasrec-rr, sasrec-rw).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from components.params import Section
+
+NAME_RE = r"^[a-z0-9][a-z0-9._-]*$"
+BASELINE_METHODS = ("popular", "sasrec", "sasrec-rr", "sasrec-rw")
+
+
+class VariantParams(Section):
+    """One method of the comparison."""
+
+    kind: Literal["generator", "baseline"] = Field("generator", description="generator (a generative model trained here) | baseline (a classical baseline)")
+    label: str | None = Field(None, description="column label in the report; null = the variant name")
+    method: str | None = Field(None, description="baseline variants: popular | sasrec | sasrec-rr | sasrec-rw")
+    codebook: str = Field("base", description="generator variants: base (the tokenize stage's codebook) | crab (the rebalance stage's) | a tokenizer method (rqkmeans, balanced, rqvae, flexcode: built on first use) | a full ref kind/name@version")
+    init_from: str | None = Field(None, description="generator variants: warm-start from this variant's checkpoint of the same seed (CRAB §4.3 post-hoc fine-tune)")
+    generator: dict[str, Any] = Field(default_factory=dict, description="generator: keys this variant overrides (nested mapping, e.g. {train: {reweight_power: 0.5}})")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "VariantParams":
+        if self.kind == "baseline":
+            if self.method not in BASELINE_METHODS:
+                raise ValueError(f"method: a baseline variant needs method in {list(BASELINE_METHODS)}, got {self.method!r}")
+            if self.generator or self.init_from or self.codebook != "base":
+                raise ValueError("a baseline variant takes only method (and label); generator / codebook / init_from are for generator variants")
+        elif self.method is not None:
+            raise ValueError("method: only baseline variants name a method")
+        return self
+
+
+class ExperimentParams(Section):
+    """``experiment:`` the comparison `genrec experiment run` and `dvc repro` produce."""
+
+    variants: dict[str, VariantParams] = Field(default_factory=dict, description="variant name -> params block")
+    pipeline: list[str] = Field(default_factory=list, description="generator variants `dvc repro` trains (in this order); the rest run with `genrec experiment run`")
+    report: list[str] = Field(default_factory=list, description="report columns (variant names, in order); empty = every variant that has rankings")
+    reference: str = Field("tiger", description="variant the 'change vs' table compares every other variant with")
+    seeds: int = Field(1, ge=1, description="runs per variant in `genrec experiment run` (seeds seed, seed+1, ...); `dvc repro` runs one")
+
+    @field_validator("variants")
+    @classmethod
+    def _names(cls, v: dict[str, VariantParams]) -> dict[str, VariantParams]:
+        import re
+
+        bad = [n for n in v if not re.match(NAME_RE, n)]
+        if bad:
+            raise ValueError(f"variant names must match {NAME_RE}: {bad}")
+        for name, var in v.items():
+            if var.init_from is not None:
+                if var.init_from not in v:
+                    raise ValueError(f"{name}.init_from: unknown variant {var.init_from!r}; known: {sorted(v)}")
+                if v[var.init_from].kind != "generator":
+                    raise ValueError(f"{name}.init_from: {var.init_from!r} is not a generator variant")
+        # no warm-start cycles
+        for name in v:
+            seen, cur = set(), name
+            while cur is not None:
+                if cur in seen:
+                    raise ValueError(f"{name}.init_from: warm-start cycle through {sorted(seen)}")
+                seen.add(cur)
+                cur = v[cur].init_from
+        return v
+
+    @model_validator(mode="after")
+    def _known(self) -> "ExperimentParams":
+        for key in ("pipeline", "report"):
+            unknown = [n for n in getattr(self, key) if n not in self.variants]
+            if unknown:
+                raise ValueError(f"{key}: unknown variant(s) {unknown}; known: {sorted(self.variants)}")
+        if self.variants and self.reference not in self.variants:
+            raise ValueError(f"reference: unknown variant {self.reference!r}; known: {sorted(self.variants)}")
+        for n in self.pipeline:
+            if self.variants[n].kind != "generator":
+                raise ValueError(f"pipeline: {n!r} is a baseline (the baselines stage runs those)")
+        return self

@@ -1,0 +1,181 @@
+"""Experiments: variants as params, runs per seed, resume, the aggregated report (smoke preset)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from components.cli import main
+from components.experiment.aggregate import aggregate, change_vs, fmt_change, fmt_mean_std, relative_change, significance
+from components.experiment.params import ExperimentParams
+from components.experiment.runner import run_name, seed_list
+from components.params import ParamsError, load_params
+from components.tokenizer.codebook import Codebook
+from tests.generator_helpers import random_sids, synthetic_dataset
+
+# ---- seed aggregation: hand-computed ---------------------------------------------------------------
+
+
+def test_aggregate_mean_sample_std_and_noise_flags():
+    runs = [{"HR@10": 0.10, "DGU@10": 0.50, "tag": "x"}, {"HR@10": 0.12, "DGU@10": 0.40}, {"HR@10": 0.14, "DGU@10": 0.30}]
+    a = aggregate(runs)
+    assert "tag" not in a
+    assert a["HR@10"]["mean"] == pytest.approx(0.12) and a["HR@10"]["n"] == 3
+    # sample std (ddof=1) of 0.10, 0.12, 0.14 = 0.02 (population std would be 0.01633)
+    assert a["HR@10"]["std"] == pytest.approx(0.02)
+    assert a["DGU@10"]["std"] == pytest.approx(0.1)
+    ref = {"mean": 0.12, "std": 0.02, "n": 3}
+    assert significance({"mean": 0.17, "std": 0.01, "n": 3}, ref) == "sig"  # |0.05| >= 2 * 0.02
+    assert significance({"mean": 0.155, "std": 0.01, "n": 3}, ref) == "n.s."  # |0.035| < 0.04
+    assert significance({"mean": 0.5, "std": 0.0, "n": 1}, ref) == "1 seed"
+    assert relative_change(0.09, 0.12) == pytest.approx(-0.25) and relative_change(1.0, 0.0) is None
+    assert fmt_mean_std(a["HR@10"]) == "0.1200 ± 0.0200" and fmt_mean_std({"mean": 0.5, "std": 0.0, "n": 1}) == "0.5000"
+    assert fmt_change({"change": -0.25, "flag": "sig"}) == "-25.0%" and fmt_change({"change": 0.1, "flag": "n.s."}) == "+10.0% (n.s.)"
+
+
+def test_change_vs_reference():
+    agg = {"tiger": aggregate([{"HR@10": 0.10, "DGU@10": 0.50}, {"HR@10": 0.12, "DGU@10": 0.52}]),
+           "crab": aggregate([{"HR@10": 0.11, "DGU@10": 0.30}, {"HR@10": 0.11, "DGU@10": 0.32}])}
+    c = change_vs(agg, "tiger", 10)
+    assert list(c) == ["crab"]
+    # DGU: 0.31 vs 0.51 -> -39.2%; stds 0.01414 each -> |0.2| >= 0.028: significant
+    assert c["crab"]["DGU@10"]["change"] == pytest.approx((0.31 - 0.51) / 0.51)
+    assert c["crab"]["DGU@10"]["flag"] == "sig"
+    # HR: 0.11 vs 0.11 -> 0%, within noise
+    assert c["crab"]["HR@10"]["change"] == pytest.approx(0.0) and c["crab"]["HR@10"]["flag"] == "n.s."
+    with pytest.raises(ValueError, match="reference variant"):
+        change_vs(agg, "nope", 10)
+
+
+# ---- params: bad variants fail naming the key -------------------------------------------------------
+
+
+@pytest.mark.parametrize("block, msg", [
+    ({"variants": {"a": {"init_from": "b"}}, "reference": "a"}, "a.init_from: unknown variant 'b'"),
+    ({"variants": {"a": {"init_from": "b"}, "b": {"init_from": "a"}}, "reference": "a"}, "warm-start cycle"),
+    ({"variants": {"a": {"kind": "baseline", "method": "sasrec", "codebook": "crab"}}, "reference": "a"}, "takes only method"),
+    ({"variants": {"a": {"kind": "baseline", "method": "bpr"}}, "reference": "a"}, "needs method in"),
+    ({"variants": {"a": {}}, "reference": "a", "pipeline": ["zz"]}, "pipeline: unknown variant"),
+    ({"variants": {"a": {}}, "reference": "b"}, "reference: unknown variant"),
+    ({"variants": {"A B": {}}, "reference": "A B"}, "variant names must match"),
+    ({"variants": {"a": {}}, "reference": "a", "seeds": 0}, "seeds"),
+])
+def test_bad_experiment_params(tmp_path, block, msg):
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump({"experiment": block}))
+    with pytest.raises(ParamsError, match="experiment") as e:
+        load_params(p)
+    assert msg in str(e.value)
+
+
+def test_seed_list_and_names():
+    assert seed_list(7, 3) == [7, 8, 9]
+    with pytest.raises(ValueError, match="seeds"):
+        seed_list(7, 0)
+    assert run_name("ds", "tiger", 7, 7) == "ds-tiger" and run_name("ds", "tiger", 8, 7) == "ds-tiger-s8"
+
+
+def test_repo_params_variants_are_valid():
+    ep = load_params("params.yaml").experiment
+    assert isinstance(ep, ExperimentParams)
+    assert {"tiger", "tiger-crab", "tiger-rw", "tiger-care", "tiger-genplugin", "tiger-flexcode", "decoder-lm", "stacked",
+            "popular", "sasrec", "sasrec-rr", "sasrec-rw"} <= set(ep.variants)
+    assert ep.variants["tiger-crab"].init_from == "tiger" and ep.variants["tiger-crab"].codebook == "crab"
+
+
+# ---- end to end on a tiny dataset (smoke preset) -----------------------------------------------------
+
+SMOKE = ["data.dataset=synth", "generator.preset=smoke", "generator.train.device=cpu", "generator.train.num_threads=1",
+         "generator.decode.max_samples=0", "generator.decode.k=5", "generator.decode.beam=6", "evaluation.ks=[1,5]",
+         "evaluation.report_k=5", "evaluation.topk=5", "evaluation.baselines.sasrec.epochs=1", "tokenizer.method=balanced"]
+
+
+def _experiment_params(tmp_path, variants, **extra):
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump({"experiment": {"variants": variants, "reference": "tiger", **extra}}))
+    return p
+
+
+def _args(registry, params, extra=()):
+    out = ["--registry", str(registry.root), "--params", str(params)]
+    for s in [*SMOKE, *extra]:
+        out += ["--set", s]
+    return out
+
+
+@pytest.fixture
+def synth(registry):
+    ds = synthetic_dataset(n_items=12, n_users=20)
+    ds_art = ds.save(registry)
+    sizes = [3, 2, 2]
+    cb = Codebook(sids=random_sids(sizes, 12), sizes=sizes, item_ids=ds.item_ids, method="balanced", dataset_ref=ds_art.ref)
+    cb.save(registry, "synth-balanced", parents=[ds_art.ref], params={})
+    return ds
+
+
+VARIANTS = {
+    "popular": {"kind": "baseline", "method": "popular"},
+    "tiger": {},
+    "tiger-rw": {"generator": {"train": {"reweight_power": 0.5}}},
+    "tiger-ft": {"init_from": "tiger", "generator": {"train": {"epochs": 1, "lr": 0.001}}},
+}
+
+
+def test_experiment_run_seeds_resume_and_report(tmp_path, registry, synth, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    params = _experiment_params(tmp_path, VARIANTS)
+    out = tmp_path / "out"
+    rep = ["--metrics-out", str(out / "m.json"), "--plots-dir", str(out / "plots"), "--report", str(out / "r.md")]
+    assert main([*_args(registry, params), "experiment", "run", "--seeds", "2", "--no-progress", *rep]) == 0
+    text = capsys.readouterr().out
+    assert "8 runs (0 finished, 8 to run)" in text and "expected time" in text
+    # names: the params seed gets the plain name, other seeds a -s<seed> suffix
+    for v in ("tiger", "tiger-rw", "tiger-ft", "popular"):
+        for name in (f"synth-{v}", f"synth-{v}-s2025"):
+            art = registry.load(f"rankings/{name}@latest")
+            assert art.meta["run_key"] and art.meta["seed"] in (2024, 2025)
+    for v in ("tiger", "tiger-rw", "tiger-ft"):
+        assert registry.load(f"generator/synth-{v}-s2025@latest").meta["seed"] == 2025
+    # the warm-started variant was initialised from the same seed's tiger checkpoint
+    ft = registry.load("generator/synth-tiger-ft-s2025@latest")
+    assert ft.params["init_from"] == "generator/synth-tiger-s2025@latest"
+    rw = registry.load("generator/synth-tiger-rw@latest")
+    assert rw.params["generator"]["train"]["reweight_power"] == 0.5 and rw.params["generator"]["tiger"]["d_model"] == 16  # smoke size
+    m = json.loads((out / "m.json").read_text())
+    assert set(m["methods"]) == set(VARIANTS) and m["n_seeds"]["tiger"] == 2 and m["seeds"] == [2024, 2025]
+    per = m["per_seed"]["tiger"]
+    hr = [per["2024"]["HR@5"], per["2025"]["HR@5"]]
+    assert m["methods"]["tiger"]["HR@5"] == pytest.approx(np.mean(hr)) and m["std"]["tiger"]["HR@5"] == pytest.approx(np.std(hr, ddof=1))
+    assert set(m["change_vs"]) == {"popular", "tiger-rw", "tiger-ft"} and "DGU@5" in m["change_vs"]["tiger-rw"]
+    md = (out / "r.md").read_text()
+    assert "CRAB Table 1 layout" in md and "Change vs tiger" in md and "±" in md
+    for png in ("accuracy_bias.png", "exposure.png", "token_bias.png"):
+        assert (out / "plots" / png).stat().st_size > 0
+    assert len((out / "plots" / "accuracy_bias.csv").read_text().splitlines()) == 1 + 8
+
+    # resume: everything finished is skipped
+    assert main([*_args(registry, params), "experiment", "run", "--seeds", "2", "--no-progress", "--no-report"]) == 0
+    assert "8 runs (8 finished, 0 to run)" in capsys.readouterr().out
+    # a changed variant block reruns that variant and the variants warm-started from it, nothing else
+    assert main([*_args(registry, params, ["generator.train.lr=0.002"]), "experiment", "run", "--seeds", "1", "--dry-run",
+                 "--variants", "tiger", "tiger-ft", "popular"]) == 0
+    assert "3 runs (1 finished, 2 to run)" in capsys.readouterr().out
+
+
+def test_experiment_errors_name_the_key(tmp_path, registry, synth, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    params = _experiment_params(tmp_path, VARIANTS)
+    assert main([*_args(registry, params), "experiment", "run", "--variants", "nope", "--dry-run"]) == 2
+    assert "unknown variant 'nope'" in capsys.readouterr().err
+    assert main([*_args(registry, params), "experiment", "run", "--seeds", "0", "--dry-run"]) == 2
+    assert "seeds" in capsys.readouterr().err
+    bad = _experiment_params(tmp_path, {"tiger": {"generator": {"train": {"epochz": 3}}}})
+    assert main([*_args(registry, bad), "experiment", "run", "--dry-run"]) == 2
+    assert "generator.train.epochz: unknown key" in capsys.readouterr().err
+    crab = _experiment_params(tmp_path, {"tiger": {}, "c": {"codebook": "codebook/synth-crab@latest", "init_from": "tiger"}})
+    assert main([*_args(registry, crab), "experiment", "run", "--variants", "c"]) == 2
+    err = capsys.readouterr().err
+    assert "codebook/synth-crab@latest does not exist" in err
