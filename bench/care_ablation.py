@@ -86,7 +86,7 @@ def main() -> int:
 
         for name in ("tiger", "care"):
             seed_everything(args.seed)
-            models[name] = build_model(GeneratorParams(preset="quick", heads=heads_for(name, vocab.n_levels)).effective(), vocab, 10)
+            models[name] = build_model(GeneratorParams(preset="cpu", heads=heads_for(name, vocab.n_levels)).effective(), vocab, 10)
         timing = interleaved_timing(models, ds, vocab, trie, args.rounds)
         timing["flops"] = flop_counts(models, ds, vocab, trie)
         print(timing)
@@ -97,7 +97,7 @@ def main() -> int:
         return 0
     for name in args.variants.split(","):
         heads = heads_for(name, vocab.n_levels)
-        gp = GeneratorParams(preset="quick", heads=heads).effective()
+        gp = GeneratorParams(preset="cpu", heads=heads).effective()
         upd = {"device": "cpu", "num_threads": args.threads}
         upd.update({"max_steps_per_epoch": args.steps} if args.steps else {})
         upd.update({"valid_samples": args.valid} if args.valid else {})

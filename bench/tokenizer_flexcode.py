@@ -39,7 +39,7 @@ def tiger_quick(cb, ds, seed: int, threads: int) -> dict:
     from components.generator.train import Trainer
     from components.generator.vocab import SIDVocab
 
-    gp = GeneratorParams(preset="quick").effective()
+    gp = GeneratorParams(preset="cpu").effective()
     gp.train.device, gp.train.num_threads = "cpu", threads
     torch.set_num_threads(threads)
     seed_everything(seed)

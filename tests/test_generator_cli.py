@@ -62,6 +62,6 @@ def test_set_flags_win_over_preset():
     from components.cli import Context, build_parser
     from components.generator.commands import _gp
 
-    args = build_parser().parse_args(["--set", "generator.preset=quick", "--set", "generator.train.epochs=7", "artifacts", "list"])
+    args = build_parser().parse_args(["--set", "generator.preset=smoke", "--set", "generator.train.epochs=7", "artifacts", "list"])
     gp = _gp(Context(args))
-    assert gp.train.epochs == 7 and gp.tiger.d_model == 64 and gp.train.max_steps_per_epoch == 30
+    assert gp.train.epochs == 7 and gp.tiger.d_model == 16 and gp.train.max_steps_per_epoch == 3

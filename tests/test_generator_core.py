@@ -97,11 +97,20 @@ def test_lr_schedule():
     assert lr_factor(110, 10, 110) == pytest.approx(0.0)
 
 
-def test_quick_preset_and_param_errors():
+def test_presets_and_param_errors():
     from components.params import ParamsError, load_params
 
-    q = GeneratorParams(preset="quick").effective()
-    assert q.tiger.d_model == 64 and q.train.epochs == 2 and q.decode.max_samples == 500
+    c = GeneratorParams().effective()  # cpu is the default preset: full epochs, every sample ranked
+    assert c.preset == "cpu" and c.tiger.d_model == 64 and c.tiger.num_layers == 2 and c.train.max_steps_per_epoch == 0
+    assert c.decode.max_samples == 0 and c.train.max_minutes > 0 and c.train.patience >= 2
+    p = GeneratorParams(preset="paper").effective()
+    assert (p.tiger.d_model, p.tiger.num_layers, p.tiger.num_heads, p.tiger.d_ff) == (128, 4, 6, 1024) and p.decode.max_samples == 0
+    s = GeneratorParams(preset="smoke").effective()
+    assert s.tiger.d_model == 16 and s.train.max_steps_per_epoch > 0
+    n = GeneratorParams(preset="none", tiger={"d_model": 40}).effective()
+    assert n.tiger.d_model == 40
+    with pytest.raises(ValueError, match="preset"):
+        GeneratorParams(preset="quick")
     with pytest.raises(ParamsError, match="generator.train.lrr"):
         load_params("params.yaml", ["generator.train.lrr=1"])
     with pytest.raises(ParamsError, match="generator.backbone"):

@@ -240,7 +240,7 @@ def test_cli_train_rank_two_stages_and_checkpoint_roundtrip(registry, synth, tmp
              dataset_ref=ds_art.ref).save(registry, "synth-random", parents=[ds_art.ref, e_art.ref], params={})
     UserRetriever.build(ds, emb, fields=("title",), dataset_ref=ds_art.ref).save(registry, "synth", [ds_art.ref], {})
     monkeypatch.chdir(tmp_path)
-    sets = ["--set", "data.dataset=synth", "--set", "generator.preset=quick", "--set", "generator.train.max_steps_per_epoch=3", "--set", "generator.train.valid_samples=8",
+    sets = ["--set", "data.dataset=synth", "--set", "generator.preset=smoke", "--set", "generator.train.max_steps_per_epoch=3", "--set", "generator.train.valid_samples=8",
             "--set", "generator.decode.max_samples=8", "--set", "generator.decode.beam=10", "--set", "generator.decode.k=10",
             "--set", 'generator.heads=[{"type": "genplugin", "z": 5, "v": 3, "finetune_epochs": 1, "lan_heads": 2}]']
     base = ["--registry", str(registry.root)] + sets

@@ -65,7 +65,7 @@ class TrainParams(Section):
     device: str = Field("auto", description="auto (cuda if available) | cpu | cuda[:i]")
     bf16: Literal["auto", True, False] = Field("auto", description="bf16 autocast: auto = where the device runs it natively (CUDA; CPUs with AMX / AVX512-BF16), else fp32 | true = also emulated on other CPUs (slower) | false = fp32")
     num_threads: int = Field(0, ge=0, description="torch CPU threads; 0 = the cores this process may use")
-    max_minutes: float = Field(0.0, ge=0, description="wall-clock budget: stop after the epoch that passes it (0 = none); the best-on-valid epoch is kept")
+    max_minutes: float = Field(0.0, ge=0, description="wall-clock budget of one training call: stop before an epoch that would pass it (judged by the mean epoch so far; 0 = none); the best-on-valid epoch is kept")
     min_delta: float = Field(0.0, ge=0, description="early stopping: a valid NDCG@10 gain at or below this does not count as an improvement")
     resume: bool = Field(True, description="resume from the run directory's last epoch if its config matches")
 

@@ -195,10 +195,14 @@ class Trainer:
             if bad >= p.patience:
                 stopped = True
                 break
-            if p.max_minutes and (time.perf_counter() - t_wall) / 60.0 >= p.max_minutes:
-                log.info("wall-clock budget of %.1f min reached after epoch %d", p.max_minutes, epoch + 1)
-                budget_hit = True
-                break
+            if p.max_minutes and epoch + 1 < p.epochs:
+                elapsed = time.perf_counter() - t_wall
+                last = elapsed / (epoch + 1 - start_epoch)  # mean epoch (train + validation) of this call
+                if elapsed + last > 60.0 * p.max_minutes:
+                    log.info("wall-clock budget of %.1f min: another epoch (~%.0f s) would pass it after %.0f s; stopping after epoch %d",
+                             p.max_minutes, last, elapsed, epoch + 1)
+                    budget_hit = True
+                    break
             if stop_after is not None and epoch + 1 - start_epoch >= stop_after:
                 break
         return TrainResult(best_state=best_state, history=history, best_epoch=best_epoch, best_valid=best,
