@@ -1,13 +1,14 @@
 """RQ-KMeans vs FlexCode on Industrial: codebook statistics side by side, and (``--tiger``) TIGER
-trained on each codebook's SIDs with the generator's ``quick`` preset, evaluated on test
-(overall and head/tail HR@10, NDCG@10, DGU@10 via ``components.evaluation.metrics.evaluate_topk``).
+trained on each method's SIDs through the experiment code (variants ``tiger-rqkmeans`` and
+``tiger-flexcode`` with ``codebook: rqkmeans | flexcode``, the params' preset, every test sample
+ranked, seeds; report ``reports/tokenizer_flexcode.md``).
 
-    python bench/tokenizer_flexcode.py [--tiger] [--threads 1]
+    python bench/tokenizer_flexcode.py [--tiger [--seeds 3]] [--threads 1]
 
 Embeddings: tfidf (TF-IDF + SVD, 128-d, fitted on the catalog; CPU-cheap). CF view: TruncatedSVD
 of the training item-user matrix (``cf_source: mf``; no SASRec artifact in this run). Both codebooks
-are 3 x 256 with ``collisions: extra_level``. The TIGER figures are 2-core CPU ``quick``-preset
-figures (2 short epochs, first 500 test users): a smoke comparison, not the paper-size result.
+are 3 x 256 with ``collisions: extra_level``. The TIGER part uses the pipeline's embeddings and
+builds the two codebooks in the registry when missing (``genrec tokenize``).
 Writes ``bench/results/tokenizer_flexcode.json``.
 """
 
@@ -16,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,40 +25,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 DATA = ROOT.parent / "shared" / "data" / "Industrial_and_Scientific"
-
-
-def tiger_quick(cb, ds, seed: int, threads: int) -> dict:
-    import torch
-
-    from components.evaluation.metrics import evaluate_topk
-    from components.generator.commands import build_model
-    from components.generator.decoding import SIDTrie
-    from components.generator.model import seed_everything
-    from components.generator.params import GeneratorParams
-    from components.generator.ranking import rank_histories
-    from components.generator.train import Trainer
-    from components.generator.vocab import SIDVocab
-
-    gp = GeneratorParams(preset="cpu").effective()
-    gp.train.device, gp.train.num_threads = "cpu", threads
-    torch.set_num_threads(threads)
-    seed_everything(seed)
-    vocab = SIDVocab.from_codebook(cb)
-    model = build_model(gp, vocab, ds.max_history)
-    trie = SIDTrie(cb.sids, cb.sizes)
-    t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as run_dir:
-        res = Trainer(model, ds, trie, gp.train, seed=seed, eval_beam=gp.decode.beam, run_dir=run_dir, progress=True).fit()
-    model.load_state_dict(res.best_state)
-    t_train = time.perf_counter() - t0
-    sp = ds.splits["test"]
-    n = min(len(sp), gp.decode.max_samples)
-    t0 = time.perf_counter()
-    topk, _ = rank_histories(model, trie, sp.history[:n], k=gp.decode.k, beam=gp.decode.beam, batch_size=gp.decode.batch_size, progress=True, desc="test")
-    m = evaluate_topk(topk, sp.target[:n], ds.train_item_counts(), ks=(10,))
-    keep = ["HR@10", "NDCG@10", "HR_head@10", "NDCG_head@10", "HR_tail@10", "NDCG_tail@10", "DGU@10", "MGU@10", "DivR@10", "invalid@10"]
-    return {"n_test": n, "n_head": m["n_head"], "n_tail": m["n_tail"], **{k: float(m[k]) for k in keep if k in m},
-            "train_seconds": round(t_train, 1), "rank_seconds": round(time.perf_counter() - t0, 1), "best_epoch": res.best_epoch}
 
 
 def main() -> None:
@@ -72,7 +38,9 @@ def main() -> None:
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=str(DATA))
-    ap.add_argument("--tiger", action="store_true", help="also train + evaluate TIGER (quick preset) on both codebooks")
+    ap.add_argument("--tiger", action="store_true", help="also train + evaluate TIGER (the params' preset) on both methods' SIDs")
+    ap.add_argument("--seeds", type=int, default=1, help="--tiger: runs per variant")
+    ap.add_argument("--set", action="append", default=[], help="--tiger: params override for both variants")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on the shared 2-core box)")
     ap.add_argument("--seed", type=int, default=2024)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "tokenizer_flexcode.json"))
@@ -106,15 +74,11 @@ def main() -> None:
     fa = out["methods"]["flexcode"]["stats"]["flexcode"]
     print("\nflexcode allocation:", json.dumps(fa["allocation"]), "\nsplit:", json.dumps(fa["token_split"]))
     if a.tiger:
-        for m, cb in cbs.items():
-            r = tiger_quick(cb, ds, a.seed, a.threads)
-            out["methods"][m]["tiger_quick"] = r
-            print(m, json.dumps(r))
-        print("\n| SIDs | HR@10 | NDCG@10 | HR@10 head | HR@10 tail | NDCG@10 head | NDCG@10 tail | DGU@10 | train s |")
-        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-        for m, r in out["methods"].items():
-            t = r["tiger_quick"]
-            print(f"| {m} | {t['HR@10']:.4f} | {t['NDCG@10']:.4f} | {t['HR_head@10']:.4f} | {t['HR_tail@10']:.4f} | {t['NDCG_head@10']:.4f} | {t['NDCG_tail@10']:.4f} | {t['DGU@10']:.4f} | {t['train_seconds']} |")
+        from components.experiment.ablation import run_variants
+
+        res = run_variants({"tiger-rqkmeans": {"codebook": "rqkmeans"}, "tiger-flexcode": {"codebook": "flexcode"}},
+                           name="tokenizer_flexcode", reference="tiger-rqkmeans", seeds=a.seeds, overrides=a.set)
+        out["tiger"] = {"report": "reports/tokenizer_flexcode.md", "methods": res["methods"], "std": res["std"], "change_vs": res["change_vs"]}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=2, default=float) + "\n")
     print(f"wrote {a.out}")

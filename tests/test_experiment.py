@@ -179,3 +179,40 @@ def test_experiment_errors_name_the_key(tmp_path, registry, synth, capsys, monke
     assert main([*_args(registry, crab), "experiment", "run", "--variants", "c"]) == 2
     err = capsys.readouterr().err
     assert "codebook/synth-crab@latest does not exist" in err
+
+
+def test_paper_preset_without_gpu_is_refused_before_training(tmp_path, registry, synth, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    params = _experiment_params(tmp_path, VARIANTS)
+    assert main([*_args(registry, params, ["generator.preset=paper", "generator.train.device=auto"]), "experiment", "run", "--dry-run"]) == 2
+    assert "generator.preset=paper" in capsys.readouterr().err
+    assert main([*_args(registry, params, ["generator.preset=paper", "generator.train.device=auto"]), "train", "--no-progress"]) == 2
+    assert "generator.preset=paper" in capsys.readouterr().err
+    # an explicit CPU device is the user's choice: the plan goes ahead
+    assert main([*_args(registry, params, ["generator.preset=paper"]), "experiment", "run", "--dry-run"]) == 0
+
+
+def test_ablation_helper_runs_a_variant_dict_through_the_experiment(tmp_path, registry, synth, monkeypatch):
+    """bench scripts are thin callers: a dict of blocks -> runs + report, reusing identical runs."""
+    from components.experiment.ablation import run_variants
+    from components.tokenizer.encoders import save_embeddings
+
+    monkeypatch.chdir(tmp_path)
+    ds_ref = registry.load("dataset/synth@latest").ref
+    save_embeddings(registry, np.random.default_rng(0).normal(size=(12, 8)).astype(np.float32), ds_ref, "synth", "random", {})
+    params = tmp_path / "params.yaml"
+    params.write_text("{}")
+    sets = [s for s in SMOKE]
+    res = run_variants({"tiger": {}, "abl-rw": {"generator": {"train": {"reweight_power": 1.0}}}}, name="abl", reference="tiger",
+                       params_path=str(params), overrides=sets, registry_root=str(registry.root))
+    assert set(res["methods"]) == {"tiger", "abl-rw"} and "abl-rw" in res["change_vs"]
+    assert (tmp_path / "reports" / "abl.md").exists() and (tmp_path / "plots" / "abl" / "accuracy_bias.png").exists()
+    key = registry.load("rankings/synth-tiger@latest").meta["run_key"]
+    # the same block again (e.g. the pipeline's tiger) is not retrained
+    n_versions = len(list((registry.root / "rankings" / "synth-tiger").iterdir()))
+    run_variants({"tiger": {}}, name="abl2", reference="tiger", params_path=str(params), overrides=sets, registry_root=str(registry.root))
+    assert len(list((registry.root / "rankings" / "synth-tiger").iterdir())) == n_versions
+    assert registry.load("rankings/synth-tiger@latest").meta["run_key"] == key

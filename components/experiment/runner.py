@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import components.params  # noqa: F401  (loads every params section first: experiment.params imports it back)
 from components.experiment.params import ExperimentParams, VariantParams
 from components.registry import ArtifactNotFound, Registry
 
@@ -222,9 +223,13 @@ class Experiment:
         return self._sizes
 
     def plan(self, variants: list[str], seeds: list[int]) -> list[RunSpec]:
-        """Every (variant, seed) to run, parents (``init_from``) first; unknown names fail."""
+        """Every (variant, seed) to run, parents (``init_from``) first; unknown names and presets
+        the machine cannot run fail before anything trains."""
+        import torch
+
         for n in variants:
-            self.variant(n)
+            if self.variant(n).kind == "generator":
+                self.generator_params(n).check_fits(torch.cuda.is_available())
         cache: dict = {}
         order: list[RunSpec] = []
 

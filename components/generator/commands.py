@@ -151,6 +151,7 @@ def train_generator(registry, gp, dataset_ref: str, codebook_ref: str | None, na
     from components.generator.train import Trainer
     from components.generator.vocab import SIDVocab
 
+    gp.check_fits(torch.cuda.is_available())
     ds_art = registry.load(dataset_ref)
     ds = Dataset.from_artifact(ds_art)
     cb_art = resolve_codebook(registry, gp, ds_art, codebook_ref, dataset_name)

@@ -94,6 +94,15 @@ class GeneratorParams(Section):
     train: TrainParams = Field(default_factory=TrainParams, description="optimizer, schedule, early stopping, RW and CRAB options")
     decode: DecodeParams = Field(default_factory=DecodeParams, description="constrained beam search settings")
 
+    def check_fits(self, cuda_available: bool) -> None:
+        """Refuse, before any training, a preset this machine cannot run in useful time: ``paper``
+        (the papers' sizes) with ``train.device: auto`` and no GPU. Setting ``train.device: cpu``
+        explicitly runs it anyway."""
+        if self.preset == "paper" and self.train.device == "auto" and not cuda_available:
+            raise ValueError("generator.preset=paper: the papers' model sizes are a GPU preset and no CUDA device is visible "
+                             "(a 2-core CPU trains them ~10x slower than the cpu preset's model). Use generator.preset=cpu, "
+                             "or set generator.train.device=cpu to train the paper sizes on the CPU anyway.")
+
     def effective(self) -> "GeneratorParams":
         """The params with the preset applied (preset values override params.yaml; the CLI re-applies
         its --set generator.* flags on top)."""
