@@ -126,19 +126,22 @@ def plot_head_tail(results: dict[str, dict[str, Any]], k: int, path: Path) -> No
 
 
 def plot_token_bias(token_bias: dict[str, list[dict[str, Any]]], path: Path) -> None:
-    """One panel per SID level: test-target token share per token group vs each method's (CARE Fig. 1)."""
+    """CARE Fig. 1: one panel per SID level, the test-target token share per token popularity group
+    next to each method's generated share. Methods may differ in their number of levels (each is
+    drawn on the levels it has; the test bars come from the first method having the level)."""
     plt = _plt()
     methods = list(token_bias)
-    L = len(token_bias[methods[0]])
-    fig, axes = plt.subplots(1, L, figsize=(4.2 * L, 3.4), squeeze=False)
+    L = max(len(tb) for tb in token_bias.values())
+    fig, axes = plt.subplots(1, L, figsize=(4.4 * L, 3.6), squeeze=False)
     for lvl in range(L):
         ax = axes[0, lvl]
-        test = np.asarray(token_bias[methods[0]][lvl]["test_share"])
+        have = [m for m in methods if len(token_bias[m]) > lvl]
+        test = np.asarray(token_bias[have[0]][lvl]["test_share"])
         G = test.size
-        width = 0.8 / (len(methods) + 1)
+        width = 0.8 / (len(have) + 1)
         x = np.arange(G)
-        ax.bar(x, test, width, label="test targets", color="0.6")
-        for j, m in enumerate(methods):
+        ax.bar(x, test, width, label="test targets" + (f" ({have[0]} codebook)" if len(methods) > 1 else ""), color="0.6")
+        for j, m in enumerate(have):
             ax.bar(x + (j + 1) * width, token_bias[m][lvl]["generated_share"], width, label=m)
         ax.set_xticks(x + 0.4 - width / 2)
         ax.set_xticklabels([f"G{g + 1}" for g in range(G)], fontsize=8)
@@ -146,7 +149,7 @@ def plot_token_bias(token_bias: dict[str, list[dict[str, Any]]], path: Path) -> 
         ax.set_xlabel("token popularity group (G1 = most popular)")
         if lvl == 0:
             ax.set_ylabel("share of tokens")
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=6)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -25,7 +25,7 @@ import numpy as np
 from components.evaluation.bias import token_bias_from_topk
 from components.evaluation.metrics import evaluate_topk
 from components.evaluation.rankings import load_split_rankings
-from components.evaluation.report import LOWER_IS_BETTER, RANKING_NOTE, TABLE_ROWS, _plt, _write_csv, scalar_metrics, write_report
+from components.evaluation.report import LOWER_IS_BETTER, RANKING_NOTE, TABLE_ROWS, _plt, _write_csv, plot_token_bias, scalar_metrics, write_report
 from components.experiment.aggregate import aggregate, change_vs, fmt_change, fmt_mean_std
 from components.registry import ArtifactNotFound, Registry
 from components.registry.store import atomic_write_text
@@ -113,35 +113,6 @@ def plot_accuracy_bias(points: list[tuple[str, int, float, float]], k: int, path
     plt.close(fig)
 
 
-def plot_token_bias_levels(token_bias: dict[str, list[dict[str, Any]]], path: Path) -> None:
-    """CARE Fig. 1 per SID level, one bar per generative variant (variants may differ in levels)."""
-    plt = _plt()
-    variants = list(token_bias)
-    L = max(len(tb) for tb in token_bias.values())
-    fig, axes = plt.subplots(1, L, figsize=(4.4 * L, 3.6), squeeze=False)
-    for lvl in range(L):
-        ax = axes[0, lvl]
-        have = [v for v in variants if len(token_bias[v]) > lvl]
-        test = np.asarray(token_bias[have[0]][lvl]["test_share"])
-        G = test.size
-        width = 0.8 / (len(have) + 1)
-        x = np.arange(G)
-        ax.bar(x, test, width, label=f"test targets ({have[0]} codebook)", color="0.6")
-        for j, v in enumerate(have):
-            ax.bar(x + (j + 1) * width, token_bias[v][lvl]["generated_share"], width, label=v)
-        ax.set_xticks(x + 0.4 - width / 2)
-        ax.set_xticklabels([f"G{g + 1}" for g in range(G)], fontsize=8)
-        ax.set_title(f"SID level {lvl + 1}")
-        ax.set_xlabel("token popularity group (G1 = most popular)")
-        if lvl == 0:
-            ax.set_ylabel("share of generated tokens")
-            ax.legend(fontsize=6)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def write_experiment_report(registry: Registry, experiment, variants: Sequence[str], seeds: Sequence[int], *, ev, split: str,
                             metrics_path: str | Path, plots_dir: str | Path, report_path: str | Path, reference: str | None = None,
                             labels: dict[str, str] | None = None) -> dict[str, Path]:
@@ -166,7 +137,7 @@ def write_experiment_report(registry: Registry, experiment, variants: Sequence[s
         rows = [[m, b["level"] + 1, g + 1, round(gs, 6), round(ts, 6)] for m, t in tb.items() for b in t
                 for g, (gs, ts) in enumerate(zip(b["generated_share"], b["test_share"]))]
         _write_csv(plots_dir / "token_bias.csv", ["variant", "level", "group", "generated_share", "test_share"], rows)
-        plot_token_bias_levels(tb, plots_dir / "token_bias.png")
+        plot_token_bias(tb, plots_dir / "token_bias.png")
         written["token_bias_png"] = plots_dir / "token_bias.png"
 
     payload = {
