@@ -216,3 +216,17 @@ def test_ablation_helper_runs_a_variant_dict_through_the_experiment(tmp_path, re
     run_variants({"tiger": {}}, name="abl2", reference="tiger", params_path=str(params), overrides=sets, registry_root=str(registry.root))
     assert len(list((registry.root / "rankings" / "synth-tiger").iterdir())) == n_versions
     assert registry.load("rankings/synth-tiger@latest").meta["run_key"] == key
+
+
+def test_report_leaves_out_stale_runs(tmp_path, registry, synth, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    params = _experiment_params(tmp_path, {"tiger": {}, "popular": {"kind": "baseline", "method": "popular"}})
+    out = tmp_path / "o"
+    rep = ["--metrics-out", str(out / "m.json"), "--plots-dir", str(out / "p"), "--report", str(out / "r.md")]
+    assert main([*_args(registry, params), "experiment", "run", "--no-progress", *rep]) == 0
+    assert set(json.loads((out / "m.json").read_text())["methods"]) == {"tiger", "popular"}
+    # params changed since tiger ran: its rankings no longer describe the current config
+    assert main([*_args(registry, params, ["generator.train.lr=0.0005"]), "experiment", "report", *rep]) == 0
+    m = json.loads((out / "m.json").read_text())
+    assert set(m["methods"]) == {"popular"} and any("synth-tiger (stale" in x for x in m["missing"])
+    assert main([*_args(registry, params, ["generator.train.lr=0.0005"]), "experiment", "report", "--strict", *rep]) == 2

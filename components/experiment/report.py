@@ -36,8 +36,10 @@ class ReportError(ValueError):
 
 
 def collect(registry: Registry, experiment, variants: Sequence[str], seeds: Sequence[int], split: str, ev, allow_missing: bool = True):
-    """Evaluate every finished (variant, seed) on ``split``. Returns ``(per_seed, runs, token_bias,
-    missing)``: ``per_seed[variant][seed]`` = metrics dict, ``runs[variant][seed]`` = rankings artifact."""
+    """Evaluate every finished (variant, seed) on ``split``: the latest rankings of each run whose
+    ``run_key`` matches the current params and inputs (others are listed as missing or stale, never
+    mixed in). Returns ``(per_seed, runs, token_bias, missing)``: ``per_seed[variant][seed]`` =
+    metrics dict, ``runs[variant][seed]`` = rankings artifact."""
     from components.data.dataset import Dataset
     from components.tokenizer.codebook import Codebook
 
@@ -57,6 +59,9 @@ def collect(registry: Registry, experiment, variants: Sequence[str], seeds: Sequ
                 art = registry.load(f"rankings/{rs.name}@latest")
             except ArtifactNotFound:
                 missing.append(rs.name)
+                continue
+            if art.meta.get("run_key") != rs.key:  # made with other params / inputs than the current ones
+                missing.append(f"{rs.name} (stale: made with other params or inputs; rerun it)")
                 continue
             topk, tgts = load_split_rankings(art, split, sp.target, ds.n_items)
             if len(tgts) < len(sp):
