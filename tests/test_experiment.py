@@ -230,3 +230,30 @@ def test_report_leaves_out_stale_runs(tmp_path, registry, synth, capsys, monkeyp
     m = json.loads((out / "m.json").read_text())
     assert set(m["methods"]) == {"popular"} and any("synth-tiger (stale" in x for x in m["missing"])
     assert main([*_args(registry, params, ["generator.train.lr=0.0005"]), "experiment", "report", "--strict", *rep]) == 2
+
+
+def test_dvc_stages_run_params_variants_and_declare_their_outputs():
+    """dvc.yaml's generator stages name experiment variants that exist, and declare exactly the
+    checkpoint and rankings artifacts those variants write at the params seed."""
+    import re
+    from pathlib import Path
+
+    dvc = yaml.safe_load((Path(__file__).resolve().parents[1] / "dvc.yaml").read_text())["stages"]
+    ep = load_params("params.yaml").experiment
+    seen = []
+    for name, st in dvc.items():
+        body = st.get("do", st)
+        m = re.match(r"genrec experiment variant (\S+)", body.get("cmd", ""))
+        if not m:
+            continue
+        v = m.group(1)
+        seen.append(v)
+        if v != "${item}":
+            assert v in ep.variants and ep.variants[v].kind == "generator"
+        outs = [str(o) for o in body["outs"]]
+        assert outs == [f"artifacts/generator/${{data.dataset}}-{v}", f"artifacts/rankings/${{data.dataset}}-{v}"]
+        if ep.variants.get(v) is not None and ep.variants[v].init_from:
+            assert f"artifacts/generator/${{data.dataset}}-{ep.variants[v].init_from}" in body["deps"]
+    assert seen == ["tiger", "tiger-crab", "${item}"]
+    assert dvc["variants"]["foreach"] == "${experiment.pipeline}"
+    assert "experiment report" in dvc["evaluate"]["cmd"]
