@@ -62,6 +62,13 @@ def test_change_vs_reference():
     ({"variants": {"a": {}}, "reference": "b"}, "reference: unknown variant"),
     ({"variants": {"A B": {}}, "reference": "A B"}, "variant names must match"),
     ({"variants": {"a": {}}, "reference": "a", "seeds": 0}, "seeds"),
+    ({"variants": {"a": {}, "a-s2025": {}}, "reference": "a"}, "collides with another variant's seed run"),
+    ({"variants": {"sasrec": {}}, "reference": "sasrec"}, "cannot take a baseline's name"),
+    ({"variants": {"a": {"kind": "baseline", "method": "sasrec"}, "b": {"kind": "baseline", "method": "sasrec"}}, "reference": "a"},
+     "named by several variants"),
+    ({"variants": {"a": {"label": "x"}, "b": {"label": "x"}}, "reference": "a"}, "duplicate report labels"),
+    ({"variants": {"tiger": {}}, "reference": "tiger", "pipeline": ["tiger"]}, "always runs"),
+    ({"variants": {"tiger": {}, "b": {}, "c": {"init_from": "b"}}, "reference": "tiger", "pipeline": ["c"]}, "only from tiger"),
 ])
 def test_bad_experiment_params(tmp_path, block, msg):
     p = tmp_path / "params.yaml"

@@ -59,13 +59,35 @@ def test_bf16_autocast_stays_close_to_fp32():
     assert l16 != l32  # autocast really ran in bf16
 
 
-def _trainer(tmp_path, **kw):
+def _trainer(tmp_path, run_dir=None, **kw):
     ds = synthetic_dataset(n_items=12, n_users=16)
     sizes = [3, 2, 2]
     sids = random_sids(sizes, 12)
     model = tiny_model("tiger", sids, sizes, max_items=ds.max_history)
     p = TrainParams(epochs=6, batch_size=16, lr=3e-3, warmup_steps=1, valid_samples=8, device="cpu", num_threads=1, **kw)
-    return Trainer(model, ds, SIDTrie(sids, sizes), p, eval_beam=6, run_dir=None, progress=False)
+    return Trainer(model, ds, SIDTrie(sids, sizes), p, eval_beam=6, run_dir=run_dir, progress=False)
+
+
+def test_a_stopped_run_stays_stopped_when_resumed(tmp_path, monkeypatch):
+    """Resuming a run that ended by patience or by its budget trains nothing more (the budget
+    covers the whole run, not each call)."""
+    import components.generator.train as train_mod
+
+    clock = {"t": 0.0}
+    monkeypatch.setattr(train_mod.time, "perf_counter", lambda: clock.__setitem__("t", clock["t"] + 1.0) or clock["t"])
+    rd = tmp_path / "budget"
+    first = _trainer(tmp_path, run_dir=rd, max_minutes=1e-9, patience=10).fit()
+    assert first.epochs_run == 1 and first.extra["budget_hit"]
+    again = _trainer(tmp_path, run_dir=rd, max_minutes=1e-9, patience=10).fit()
+    assert again.epochs_run == 1 and again.extra["budget_hit"] and again.resumed_from == 1
+    rd2 = tmp_path / "patience"
+    first = _trainer(tmp_path, run_dir=rd2, min_delta=1.0, patience=2).fit()
+    assert first.epochs_run == 3 and first.stopped_early
+    again = _trainer(tmp_path, run_dir=rd2, min_delta=1.0, patience=2).fit()
+    assert again.epochs_run == 3 and again.stopped_early
+    # raising the patience extends the run (epochs / patience may change between calls)
+    more = _trainer(tmp_path, run_dir=rd2, min_delta=1.0, patience=3).fit()
+    assert more.epochs_run == 4
 
 
 def test_wall_clock_budget_stops_before_an_epoch_that_would_pass_it(tmp_path, monkeypatch):

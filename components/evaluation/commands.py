@@ -74,15 +74,16 @@ def cmd_baselines(args, ctx) -> int:
     return 0
 
 
-def _reusable_sasrec(registry, name: str, params: dict[str, Any]):
-    """The stored SASRec model ``model/<name>@latest`` if it was trained with exactly ``params``."""
+def _reusable_sasrec(registry, name: str, params: dict[str, Any], dataset_ref: str):
+    """The stored SASRec model ``model/<name>@latest`` if it was trained on ``dataset_ref`` with exactly ``params``."""
     from components.registry import ArtifactNotFound
 
     try:
         art = registry.load(f"model/{name}@latest")
     except ArtifactNotFound:
         return None
-    return art if json.dumps(art.params, sort_keys=True, default=str) == json.dumps(params, sort_keys=True, default=str) else None
+    same = json.dumps(art.params, sort_keys=True, default=str) == json.dumps(params, sort_keys=True, default=str)
+    return art if same and dataset_ref in art.manifest.parents else None
 
 
 def baseline_run_key(method: str, seed: int, dataset_ref: str, params) -> str:
@@ -136,7 +137,7 @@ def run_baselines(registry, params, methods: list[str], *, seed: int | None = No
         mparams = {**sasrec_params, **({"rw_power": bp.rw_power} if weights else {})}
         model_name = f"{ds.name}-{variant}{suffix}"
         model_art = registry.load(f"model/{model_name}@latest") if reuse_models else \
-            (_reusable_sasrec(registry, model_name, mparams) if variant not in methods else None)
+            (_reusable_sasrec(registry, model_name, mparams, ds_ref) if variant not in methods else None)
         if model_art is not None:
             cfg = model_art.load_json("config.json")
             res = TrainResult(SASRec.from_artifact(model_art), cfg.get("history", []), cfg.get("best_epoch", 0), cfg.get("best_valid_ndcg10", 0.0), 0.0)

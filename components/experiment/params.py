@@ -16,6 +16,7 @@ from components.params import Section
 
 NAME_RE = r"^[a-z0-9][a-z0-9._-]*$"
 BASELINE_METHODS = ("popular", "sasrec", "sasrec-rr", "sasrec-rw")
+DVC_FIXED = {"tiger": "train", "tiger-crab": "finetune"}  # variants dvc.yaml runs in stages of their own
 
 
 class VariantParams(Section):
@@ -84,4 +85,25 @@ class ExperimentParams(Section):
         for n in self.pipeline:
             if self.variants[n].kind != "generator":
                 raise ValueError(f"pipeline: {n!r} is a baseline (the baselines stage runs those)")
+            if n in DVC_FIXED:
+                raise ValueError(f"pipeline: {n!r} always runs (dvc stage {DVC_FIXED[n]!r}); list only further variants")
+            if self.variants[n].init_from not in (None, "tiger"):
+                raise ValueError(f"pipeline: {n!r} warm-starts from {self.variants[n].init_from!r}; in dvc repro a variant may "
+                                 f"warm-start only from tiger (run it with `genrec experiment run` instead)")
+        # registry names must not collide: <dataset>-<variant>[-s<seed>] for generators, <dataset>-<method>[-s<seed>] for baselines
+        import re
+
+        for n, v in self.variants.items():
+            if re.search(r"-s\d+$", n):
+                raise ValueError(f"variants.{n}: a name ending in -s<digits> collides with another variant's seed run")
+            if v.kind == "generator" and n in BASELINE_METHODS:
+                raise ValueError(f"variants.{n}: a generator variant cannot take a baseline's name (its runs would overwrite the baseline's)")
+        methods = [v.method for v in self.variants.values() if v.kind == "baseline"]
+        twice = sorted({m for m in methods if methods.count(m) > 1})
+        if twice:
+            raise ValueError(f"variants: baseline method(s) {twice} named by several variants; each writes rankings/<dataset>-<method>")
+        labels = [v.label or n for n, v in self.variants.items()]
+        dup = sorted({x for x in labels if labels.count(x) > 1})
+        if dup:
+            raise ValueError(f"variants: duplicate report labels {dup}")
         return self

@@ -82,6 +82,18 @@ def collect(registry: Registry, experiment, variants: Sequence[str], seeds: Sequ
     return per_seed, runs, token_bias, missing
 
 
+def _training(registry: Registry, rankings_art) -> dict[str, Any]:
+    """Training summary of the checkpoint a generator's rankings came from ({} for baselines)."""
+    ref = rankings_art.meta.get("checkpoint")
+    if not ref:
+        return {}
+    try:
+        m = registry.load(ref, verify=False).meta
+    except ArtifactNotFound:
+        return {}
+    return {k: m.get(k) for k in ("epochs_run", "best_epoch", "stopped_early", "budget_hit")} if "epochs_run" in m else {}
+
+
 def _mean_lists(results: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean over seeds of every metric (numbers and per-group lists), for the plots."""
     out: dict[str, Any] = {}
@@ -153,7 +165,8 @@ def write_experiment_report(registry: Registry, experiment, variants: Sequence[s
         "per_seed": {labels[v]: {str(s): scalar_metrics(per_seed[v][s]) for s in sorted(per_seed[v])} for v in names},
         "change_vs": {labels[v]: c for v, c in changes.items()},
         "token_bias": {m: {f"level{b['level'] + 1}": {"amp_top": b["amp_top"], "tv": b["tv"]} for b in t} for m, t in tb.items()},
-        "runs": {labels[v]: {str(s): {"rankings": a.ref, **{x: a.meta.get(x) for x in ("train_seconds", "wall_seconds", "rank_seconds", "run_seconds")}}
+        "runs": {labels[v]: {str(s): {"rankings": a.ref, **{x: a.meta.get(x) for x in ("train_seconds", "wall_seconds", "rank_seconds", "run_seconds")},
+                                      **_training(registry, a)}
                              for s, a in runs[v].items()} for v in names},
         "missing": missing,
     }
@@ -194,10 +207,15 @@ def write_experiment_report(registry: Registry, experiment, variants: Sequence[s
         for lvl in range(L):
             md.append(f"| {lvl + 1} | " + " | ".join(f"{t[lvl]['amp_top']:.3f}" if len(t) > lvl else "n/a" for t in tb.values()) + " |")
         md.append("")
-    md += ["## Runs", "", "| Variant | seed | rankings | train s | wall s (train + valid) | rank s |", "| --- | --- | --- | --- | --- | --- |"]
+    md += ["## Runs (a run the wall-clock budget stopped says so: on a slower or loaded machine it trains fewer epochs)", "",
+           "| Variant | seed | rankings | epochs (best) | stopped by | train s | wall s (train + valid) | rank s |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for v in names:
         for s, a in sorted(runs[v].items()):
-            md.append(f"| {labels[v]} | {s} | `{a.ref}` | {a.meta.get('train_seconds', '')} | {a.meta.get('wall_seconds', '')} | {a.meta.get('rank_seconds', '')} |")
+            t = _training(registry, a)
+            why = "budget" if t.get("budget_hit") else ("patience" if t.get("stopped_early") else ("epochs" if t else ""))
+            ep = f"{t['epochs_run']} ({t['best_epoch']})" if t else ""
+            md.append(f"| {labels[v]} | {s} | `{a.ref}` | {ep} | {why} | {a.meta.get('train_seconds', '')} | {a.meta.get('wall_seconds', '')} | {a.meta.get('rank_seconds', '')} |")
     md.append("")
     if missing:
         md += [f"Not finished (left out): {', '.join(missing)}.", ""]

@@ -139,7 +139,7 @@ class Experiment:
                                       f"(tokenize, rebalance) or `genrec tokenize` / `genrec rebalance` first") from None
         from components.cli import main as genrec
 
-        base = ["--params", self.params_path, *sum((["--set", o] for o in self.overrides), [])]
+        base = ["--params", self.params_path, "--registry", str(self.registry.root), *sum((["--set", o] for o in self.overrides), [])]
         if c == "crab":
             print(f"experiment: building {ref} (genrec rebalance)")
             self.codebook_ref(VariantParams(codebook="base"), build=True)
@@ -169,11 +169,20 @@ class Experiment:
             deps = [self.spec(v.init_from, seed, build, cache)] if v.init_from else []
             cb = self.codebook_ref(v, build=build) if build else self._codebook_ref_or_name(v)
             init_ref = f"generator/{deps[0].name}@latest" if deps else None
-            key = _key({"variant": v.model_dump(mode="json"), "generator": gp.model_dump(mode="json"), "seed": seed,
-                        "dataset": self.dataset_ref, "codebook": cb, "init": deps[0].key if deps else None})
+            keyed = {"variant": v.model_dump(mode="json"), "generator": gp.model_dump(mode="json"), "seed": seed,
+                     "dataset": self.dataset_ref, "codebook": cb, "init": deps[0].key if deps else None}
+            if any(h.get("type") == "genplugin" for h in gp.heads):  # its language view and RAR read these artifacts
+                keyed["genplugin_inputs"] = [self._latest(f"item-embeddings/{self.dataset}"), self._latest(f"retrieval-index/{self.dataset}")]
+            key = _key(keyed)
             rs = RunSpec(variant, seed, v, run_name(self.dataset, variant, seed, self.base_seed), key, gp, cb, init_ref, deps)
         cache[(variant, seed)] = rs
         return rs
+
+    def _latest(self, name: str) -> str | None:
+        try:
+            return self.registry.load(f"{name}@latest", verify=False).ref
+        except ArtifactNotFound:
+            return None
 
     def _codebook_ref_or_name(self, v: VariantParams) -> str:
         try:
@@ -229,7 +238,11 @@ class Experiment:
 
         for n in variants:
             if self.variant(n).kind == "generator":
-                self.generator_params(n).check_fits(torch.cuda.is_available())
+                gp = self.generator_params(n)
+                gp.check_fits(torch.cuda.is_available())
+                if gp.decode.max_samples:
+                    raise ExperimentError(f"generator.decode.max_samples={gp.decode.max_samples} (variant {n}): an experiment ranks "
+                                          f"every valid/test sample; set it to 0")
         cache: dict = {}
         order: list[RunSpec] = []
 
@@ -278,9 +291,12 @@ class Experiment:
         rs = self.spec(rs.variant, rs.seed, build=True)  # codebooks exist now (built on demand)
         if rs.deps:
             parent = rs.deps[0]
-            if self.finished(parent) is None:
+            done = self.finished(parent)
+            if done is None:
                 raise ExperimentError(f"{rs.variant} warm-starts from {parent.variant} (seed {rs.seed}), whose run "
                                       f"{parent.name} has not finished: run it first")
+            # the checkpoint that finished run ranked, not whatever generator/<name>@latest is now
+            rs.init_ref = done.meta.get("checkpoint") or rs.init_ref
         art, summary, _ = train_generator(self.registry, rs.gp, self.dataset_ref, rs.codebook_ref, rs.name, seed=rs.seed,
                                           dataset_name=self.dataset, init_from=rs.init_ref, run_dir=f".genrec/runs/{rs.name}-{rs.key[:8]}",
                                           progress=self.progress)

@@ -133,16 +133,30 @@ class Trainer:
         best_epoch, bad, start_epoch = -1, 0, 0
         best_state = state_dict_for_save(model)
         start_epoch = self._maybe_resume(model, opt, sched)
+        wall_before = 0.0  # wall seconds earlier calls spent on this run (the budget covers the whole run)
         if start_epoch:
             st = json.loads((self.run_dir / "state.json").read_text())
             history, best, best_epoch, bad = st["history"], st["best"], st["best_epoch"], st["bad"]
+            wall_before = float(st.get("wall_used", 0.0))
             from safetensors.torch import load_file
 
             best_state = load_file(str(self.run_dir / "best.safetensors"))
         t_train, n_seen, stopped, budget_hit = 0.0, 0, False, False
         t_wall = time.perf_counter()
+
+        def over_budget(done_epochs: int) -> bool:  # would one more mean epoch pass max_minutes?
+            if not p.max_minutes or done_epochs == 0:
+                return False
+            used = wall_before + time.perf_counter() - t_wall
+            return used + used / done_epochs > 60.0 * p.max_minutes
+
+        # a resumed run that had already stopped (patience or budget) stays stopped
+        if start_epoch and bad >= p.patience:
+            stopped = True
+        elif start_epoch and start_epoch < p.epochs and over_budget(start_epoch):
+            budget_hit = True
         epoch = start_epoch
-        for epoch in range(start_epoch, p.epochs):
+        for epoch in range(start_epoch, p.epochs if not (stopped or budget_hit) else start_epoch):
             model.train()
             g = torch.Generator().manual_seed(self.seed * 1000 + epoch)
             perm = torch.randperm(n, generator=g)[: steps_per_epoch * p.batch_size].to(self.device)
@@ -191,18 +205,15 @@ class Trainer:
                     bad += 1
                 log.info("epoch %d: %s", epoch + 1, {k_: round(v, 4) if isinstance(v, float) else v for k_, v in row.items()})
             history.append(row)
-            self._save_run(model, opt, epoch + 1, history, best, best_epoch, bad, best_state)
+            self._save_run(model, opt, epoch + 1, history, best, best_epoch, bad, best_state,
+                           wall_used=wall_before + time.perf_counter() - t_wall)
             if bad >= p.patience:
                 stopped = True
                 break
-            if p.max_minutes and epoch + 1 < p.epochs:
-                elapsed = time.perf_counter() - t_wall
-                last = elapsed / (epoch + 1 - start_epoch)  # mean epoch (train + validation) of this call
-                if elapsed + last > 60.0 * p.max_minutes:
-                    log.info("wall-clock budget of %.1f min: another epoch (~%.0f s) would pass it after %.0f s; stopping after epoch %d",
-                             p.max_minutes, last, elapsed, epoch + 1)
-                    budget_hit = True
-                    break
+            if epoch + 1 < p.epochs and over_budget(epoch + 1):
+                log.info("wall-clock budget of %.1f min: another epoch would pass it; stopping after epoch %d", p.max_minutes, epoch + 1)
+                budget_hit = True
+                break
             if stop_after is not None and epoch + 1 - start_epoch >= stop_after:
                 break
         return TrainResult(best_state=best_state, history=history, best_epoch=best_epoch, best_valid=best,
@@ -210,10 +221,10 @@ class Trainer:
                            samples_per_s=(n_seen / t_train) if t_train > 0 else float(np.mean([h["samples_per_s"] for h in history] or [0.0])), train_seconds=t_train, resumed_from=start_epoch,
                            extra={"valid_samples": int(len(vidx)), "steps_per_epoch": steps_per_epoch, "device": str(self.device),
                                   "bf16": bf16, "threads": torch.get_num_threads(), "budget_hit": budget_hit,
-                                  "wall_seconds": round(time.perf_counter() - t_wall, 1)})
+                                  "wall_seconds": round(wall_before + time.perf_counter() - t_wall, 1)})
 
     # ---- resumable run directory ----------------------------------------------------------
-    def _save_run(self, model, opt, epoch, history, best, best_epoch, bad, best_state) -> None:
+    def _save_run(self, model, opt, epoch, history, best, best_epoch, bad, best_state, wall_used: float = 0.0) -> None:
         if self.run_dir is None:
             return
         from safetensors.torch import save_file
@@ -225,7 +236,7 @@ class Trainer:
         save_file(best_state, str(self.run_dir / "best.safetensors"))
         save_file(tensors, str(self.run_dir / "optimizer.safetensors"))
         state = {"config_hash": self.config_hash, "epoch": epoch, "history": history, "best": best, "best_epoch": best_epoch,
-                 "bad": bad, "param_groups": groups}
+                 "bad": bad, "param_groups": groups, "wall_used": wall_used}
         tmp = self.run_dir / "state.json.tmp"
         tmp.write_text(json.dumps(state, default=float))
         tmp.replace(self.run_dir / "state.json")
