@@ -264,3 +264,17 @@ def test_dvc_stages_run_params_variants_and_declare_their_outputs():
     assert seen == ["tiger", "tiger-crab", "${item}"]
     assert dvc["variants"]["foreach"] == "${experiment.pipeline}"
     assert "experiment report" in dvc["evaluate"]["cmd"]
+
+
+def test_warm_start_uses_the_parents_finished_checkpoint(tmp_path, registry, synth, monkeypatch):
+    """A child warm-starts from the checkpoint its parent's finished run ranked, even after
+    generator/<ds>-tiger@latest moved (e.g. a plain `genrec train` with the default name)."""
+    monkeypatch.chdir(tmp_path)
+    variants = {"tiger": {}, "tiger-ft": {"init_from": "tiger", "generator": {"train": {"epochs": 1}}}}
+    params = _experiment_params(tmp_path, variants)
+    assert main([*_args(registry, params), "experiment", "run", "--variants", "tiger", "--no-progress", "--no-report"]) == 0
+    finished = registry.load("rankings/synth-tiger@latest").meta["checkpoint"]
+    assert main([*_args(registry, params, ["generator.train.lr=0.0001"]), "train", "--no-progress", "--run-dir", str(tmp_path / "x")]) == 0
+    assert registry.load("generator/synth-tiger@latest").ref != finished  # @latest moved
+    assert main([*_args(registry, params), "experiment", "run", "--variants", "tiger-ft", "--no-progress", "--no-report"]) == 0
+    assert registry.load("generator/synth-tiger-ft@latest").params["init_from"] == finished
