@@ -44,7 +44,7 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts (CPU)")
-    ap.add_argument("--out", default=str(ROOT / "bench/results/generator_train.json"))
+    ap.add_argument("--out", default="generator_train", help="results name: bench/results/<name>.json")
     ap.add_argument("--emulated-bf16", action="store_true", help="also time paper-size bf16 on a CPU without native bf16")
     args = ap.parse_args()
     device = torch.device(args.device)
