@@ -148,7 +148,8 @@ def test_experiment_run_seeds_resume_and_report(tmp_path, registry, synth, capsy
         assert registry.load(f"generator/synth-{v}-s2025@latest").meta["seed"] == 2025
     # the warm-started variant was initialised from the same seed's tiger checkpoint
     ft = registry.load("generator/synth-tiger-ft-s2025@latest")
-    assert ft.params["init_from"] == "generator/synth-tiger-s2025@latest"
+    assert ft.params["init_from"] == registry.load("rankings/synth-tiger-s2025@latest").meta["checkpoint"]
+    assert ft.params["init_from"].startswith("generator/synth-tiger-s2025@")
     rw = registry.load("generator/synth-tiger-rw@latest")
     assert rw.params["generator"]["train"]["reweight_power"] == 0.5 and rw.params["generator"]["tiger"]["d_model"] == 16  # smoke size
     m = json.loads((out / "m.json").read_text())
