@@ -98,17 +98,10 @@ class Experiment:
     def generator_params(self, name: str):
         """Effective ``generator:`` params of a variant: params.yaml → preset → the variant's block →
         ``--set generator.*`` flags."""
-        from components.generator.params import GeneratorParams
-        from components.params import parse_overrides
+        from components.generator.params import GeneratorParams, cli_generator_overrides, set_keys
 
-        tree = self.params.generator.effective().model_dump()
-        tree = _deep_merge(tree, self.variant(name).generator)
-        for key, value in parse_overrides(self.overrides):
-            if key.startswith("generator."):
-                node, keys = tree, key.split(".")[1:]
-                for k in keys[:-1]:
-                    node = node[k]
-                node[keys[-1]] = value
+        tree = _deep_merge(self.params.generator.effective().model_dump(), self.variant(name).generator)
+        set_keys(tree, cli_generator_overrides(self.overrides))
         tree["name"] = None
         try:
             return GeneratorParams.model_validate(tree)

@@ -56,21 +56,13 @@ def register(sub) -> None:
 # ---- helpers -------------------------------------------------------------------------------
 def _gp(ctx):
     """``generator:`` params with the preset applied; ``--set generator.*`` flags win over the preset."""
-    from components.generator.params import GeneratorParams
-    from components.params import parse_overrides
+    from components.generator.params import GeneratorParams, cli_generator_overrides, set_keys
 
     gp = ctx.params.generator
     eff = gp.effective()
     if eff is gp:
         return gp
-    tree = eff.model_dump()
-    for key, value in parse_overrides(getattr(ctx.args, "set", [])):
-        if key.startswith("generator."):
-            node, keys = tree, key.split(".")[1:]
-            for k in keys[:-1]:
-                node = node[k]
-            node[keys[-1]] = value
-    return GeneratorParams.model_validate(tree)
+    return GeneratorParams.model_validate(set_keys(eff.model_dump(), cli_generator_overrides(getattr(ctx.args, "set", []))))
 
 
 def _checkpoint_name(ctx, gp) -> str:

@@ -109,13 +109,25 @@ class GeneratorParams(Section):
         if self.preset == "none":
             return self
         tree = self.model_dump()
-        for dotted, value in PRESETS[self.preset].items():
-            node = tree
-            keys = dotted.split(".")
-            for k in keys[:-1]:
-                node = node[k]
-            node[keys[-1]] = value
+        set_keys(tree, PRESETS[self.preset].items())
         return GeneratorParams.model_validate(tree)
+
+
+def set_keys(tree: dict[str, Any], pairs) -> dict[str, Any]:
+    """Set dotted keys (relative to ``generator:``) in a dumped params tree, in place."""
+    for dotted, value in pairs:
+        node, keys = tree, dotted.split(".")
+        for k in keys[:-1]:
+            node = node[k]
+        node[keys[-1]] = value
+    return tree
+
+
+def cli_generator_overrides(overrides) -> list[tuple[str, Any]]:
+    """The ``--set generator.*`` flags of a command line, as (key below generator, value) pairs."""
+    from components.params import parse_overrides
+
+    return [(k.split(".", 1)[1], v) for k, v in parse_overrides(overrides) if k.startswith("generator.")]
 
 
 _CPU_SIZES: dict[str, Any] = {
