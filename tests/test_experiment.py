@@ -279,3 +279,27 @@ def test_warm_start_uses_the_parents_finished_checkpoint(tmp_path, registry, syn
     assert registry.load("generator/synth-tiger@latest").ref != finished  # @latest moved
     assert main([*_args(registry, params), "experiment", "run", "--variants", "tiger-ft", "--no-progress", "--no-report"]) == 0
     assert registry.load("generator/synth-tiger-ft@latest").params["init_from"] == finished
+
+
+def test_crab_variant_with_rebalance_overrides_builds_its_own_codebook(tmp_path, registry, synth, capsys, monkeypatch):
+    """A CRAB ablation is a params block: `rebalance: {levels: [0]}` builds codebook/<ds>-crab-levels0
+    on first use; generator.finetune keys change only warm-started runs' keys."""
+    monkeypatch.chdir(tmp_path)
+    variants = {"tiger": {}, "c0": {"codebook": "crab", "rebalance": {"levels": [0], "split_ratio": 0.5}, "init_from": "tiger"}}
+    params = _experiment_params(tmp_path, variants)
+    assert main([*_args(registry, params, ["rebalance.embeddings=null"]), "experiment", "run", "--seeds", "1", "--no-progress",
+                 "--no-report"]) == 0
+    cb = registry.load("codebook/synth-crab-levels0-splitratio0.5@latest")
+    assert cb.params["rebalance"]["levels"] == [0] and cb.params["rebalance"]["split_ratio"] == 0.5
+    ft = registry.load("generator/synth-c0@latest")
+    assert ft.meta["codebook"] == cb.ref and ft.meta["finetune"] == "lora"
+    capsys.readouterr()
+    # a fine-tune key leaves tiger finished and reruns the warm-started variant
+    assert main([*_args(registry, params, ["rebalance.embeddings=null", "generator.finetune.lr=0.02"]), "experiment", "run",
+                 "--seeds", "1", "--dry-run"]) == 0
+    assert "2 runs (1 finished, 1 to run)" in capsys.readouterr().out
+    for bad, msg in (({"codebook": "base", "rebalance": {"levels": [0]}}, "codebook: crab only"),
+                     ({"codebook": "crab", "rebalance": {"nope": 1}}, "unknown or fixed key"),
+                     ({"codebook": "crab", "rebalance": {"split_ratio": 2.0}}, "split_ratio")):
+        with pytest.raises(Exception, match=msg):
+            ExperimentParams.model_validate({"variants": {"tiger": {}, "x": bad}})

@@ -8,7 +8,6 @@ import torch
 from components.rebalancer.alignment import (
     CrabObjective,
     HierarchicalAlignmentLoss,
-    apply_crab_lora,
     attention_lora_targets,
     expand_token_embeddings,
     init_new_token_embeddings,
@@ -88,25 +87,6 @@ def test_expand_token_embeddings_keeps_other_rows_in_order():
     assert new[:, 0].tolist() == [0, 1, 2, 3, 3, 4, 5, 6]
     with pytest.raises(ValueError, match="token_origin has 2 entries"):
         expand_token_embeddings(old, [2, 4], [2, 2], [2, 5], [3, 2], [[0, 1], [0, 1]])
-
-
-def test_crab_lora_trains_attention_adapters_and_embeddings_only():
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(0)
-    cfg = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=1, pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    model = Qwen2ForCausalLM(cfg)
-    targets = attention_lora_targets(model)
-    assert sorted(t.rsplit(".", 1)[1] for t in targets) == ["k_proj", "o_proj", "q_proj", "v_proj"]
-    pm = apply_crab_lora(model, r=4, alpha=8)
-    trainable = [n for n, p in pm.named_parameters() if p.requires_grad]
-    assert any("embed_tokens" in n for n in trainable) and any("lm_head" in n for n in trainable)
-    lora = [n for n in trainable if "lora_" in n]
-    assert lora and all("self_attn" in n for n in lora)
-    assert not any("mlp" in n for n in trainable)
-    with pytest.raises(ValueError, match="no attention projections"):
-        attention_lora_targets(torch.nn.Sequential(torch.nn.Linear(2, 2)))
 
 
 def test_attention_targets_on_t5_cover_self_and_cross_attention():

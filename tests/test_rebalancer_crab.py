@@ -157,3 +157,62 @@ def test_bad_input_errors(industrial):
         rebalance_codebook(cb, HAND_COUNTS, embeddings=emb[:3], semantic_levels=3)
     with pytest.raises(ValueError, match="no codewords and no item embeddings"):
         rebalance_codebook(cb, HAND_COUNTS, semantic_levels=3)
+
+
+# ---- mutation guards: hand-built trees whose split a wrong CRAB gets wrong ---------------------
+def _tree(sids: list[list[int]], sizes: list[int]) -> Codebook:
+    return Codebook(sids=np.array(sids), sizes=sizes, item_ids=[f"i{k}" for k in range(len(sids))], method="hand")
+
+
+def test_mutation_guard_split_weights_children_by_item_count():
+    """Guards against dropping Eq. 6's item-count weights w_c (in the K-means SSE / centroids, or by
+    passing equal weights from the planner).
+
+    Level-0 token 0 has children b=0 (1 item at x=0, 3 interactions), b=1 (1 item at x=1.1, none)
+    and b=2 (10 items at x=2, 1 interaction each); token 1 has one item with 7. P = (13, 7): mean 10,
+    token 0 is the one candidate (ceil(0.1 * 2) = 1), n = ceil(13 / 10) = 2. Child b=1 has no
+    popularity, so both feasible splits have P = (10, 3) and the same balance: the item-weighted SSE
+    decides, 1*1/2 * 1.1^2 = 0.605 for {b0, b1} | {b2} vs 1*10/11 * 1.1^2 = 0.736 for {b0} | {b1, b2}
+    (unweighted the latter would win, 0.405 < 0.605). {b2} (P = 10) keeps id 0, {b0, b1} gets id 2."""
+    sids = [[0, 0, 0], [0, 1, 0]] + [[0, 2, k] for k in range(10)] + [[1, 0, 0]]
+    counts = np.array([3, 0] + [1] * 10 + [7])
+    emb = np.zeros((13, 2), dtype=np.float32)
+    emb[:, 0] = [0.0, 1.1] + [2.0] * 10 + [5.0]
+    r = rebalance_codebook(_tree(sids, [2, 3, 10]), counts, embeddings=emb, levels=[0], semantic_levels=3)
+    assert r.codebook.sids[:, 0].tolist() == [2, 2] + [0] * 10 + [1]
+    (s,) = r.splits
+    assert (s.token, s.n_children, s.new_tokens, s.new_popularity) == (0, 3, [0, 2], [10, 3])
+
+
+def test_mutation_guard_split_balances_interactions_not_item_counts():
+    """Guards against balancing the new tokens' item counts instead of their interactions (Eq. 5 /
+    Eq. 8 popularity p_c of each child, not its number of items w_c), in the K-means or the planner.
+
+    Level-0 token 0 (12 interactions) has children b=0..3 with 1, 1, 1, 3 items and 5, 4, 2, 1
+    interactions; token 1 has one item with 6. Mean popularity 9, n = ceil(12 / 9) = 2. All items
+    share one embedding, so the distance term is 0 and balance decides: the only even split of the
+    interactions is {b0, b3} | {b1, b2} (6 | 6; tie -> b0's token keeps id 0), while balancing item
+    counts would give {b3} | {b0, b1, b2} (3 | 3 items, interactions 1 | 11)."""
+    sids = [[0, 0, 0], [0, 1, 0], [0, 2, 0], [0, 3, 0], [0, 3, 1], [0, 3, 2], [1, 0, 0]]
+    counts = np.array([5, 4, 2, 1, 0, 0, 6])
+    emb = np.ones((7, 2), dtype=np.float32)
+    r = rebalance_codebook(_tree(sids, [2, 4, 3]), counts, embeddings=emb, levels=[0], semantic_levels=3)
+    assert r.codebook.sids[:, 0].tolist() == [0, 2, 2, 0, 0, 0, 1]
+    (s,) = r.splits
+    assert (s.token, s.n_children, s.new_tokens, s.new_popularity, s.balance) == (0, 4, [0, 2], [6, 6], 0.0)
+
+
+def test_mutation_guard_candidates_ranked_by_popularity_not_item_count():
+    """Guards against ranking split candidates by item count instead of Eq. 3 popularity P_l(t).
+
+    Level 0: token 0 has 4 items with 3 interactions each (P = 12), token 1 has 2 items with 10 each
+    (P = 20), token 2 one item with 1 (P = 1). Total 33 over 3 used tokens (mean 11); one candidate
+    (ceil(0.1 * 3) = 1): token 1, the most popular, splits into n = ceil(20 / 11) = 2 tokens, one per
+    child (10 | 10; tie -> the first child keeps id 1, the second gets id 3). Ranked by item count,
+    token 0 (4 items) would be the candidate and split instead (n = ceil(12 / 11) = 2)."""
+    sids = [[0, 0, 0], [0, 1, 0], [0, 2, 0], [0, 3, 0], [1, 0, 0], [1, 1, 0], [2, 0, 0]]
+    counts = np.array([3, 3, 3, 3, 10, 10, 1])
+    emb = np.random.default_rng(0).normal(size=(7, 2)).astype(np.float32)
+    r = rebalance_codebook(_tree(sids, [3, 4, 1]), counts, embeddings=emb, levels=[0], semantic_levels=3)
+    assert r.codebook.sids[:, 0].tolist() == [0, 0, 0, 0, 1, 3, 2]
+    assert [(s.level, s.token, s.popularity, s.new_tokens, s.new_popularity) for s in r.splits] == [(0, 1, 20, [1, 3], [10, 10])]

@@ -28,6 +28,7 @@ class VariantParams(Section):
     codebook: str = Field("base", description="generator variants: base (the tokenize stage's codebook) | crab (the rebalance stage's) | a tokenizer method (rqkmeans, balanced, rqvae, flexcode: built on first use) | a full ref kind/name@version")
     init_from: str | None = Field(None, description="generator variants: warm-start from this variant's checkpoint of the same seed (CRAB §4.3 post-hoc fine-tune)")
     generator: dict[str, Any] = Field(default_factory=dict, description="generator: keys this variant overrides (nested mapping, e.g. {train: {reweight_power: 0.5}})")
+    rebalance: dict[str, Any] = Field(default_factory=dict, description="codebook crab only: rebalance: keys this variant's codebook overrides (e.g. {levels: [1]}); it is built as codebook/<dataset>-crab-<overrides>")
 
     @model_validator(mode="after")
     def _consistent(self) -> "VariantParams":
@@ -38,6 +39,15 @@ class VariantParams(Section):
                 raise ValueError("a baseline variant takes only method (and label); generator / codebook / init_from are for generator variants")
         elif self.method is not None:
             raise ValueError("method: only baseline variants name a method")
+        if self.rebalance:
+            from components.rebalancer.params import RebalanceParams
+
+            if self.codebook != "crab":
+                raise ValueError("rebalance: overrides apply to codebook: crab only")
+            bad = sorted(set(self.rebalance) - (set(RebalanceParams.model_fields) - {"enabled", "codebook", "name"}))
+            if bad:
+                raise ValueError(f"rebalance: unknown or fixed key(s) {bad} (the input codebook and output name are the variant's)")
+            RebalanceParams.model_validate(self.rebalance)  # values checked now, not after the parent trained
         return self
 
 

@@ -55,6 +55,16 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any], path: str = "generat
     return out
 
 
+def _slug(overrides: dict[str, Any]) -> str:
+    """``{levels: [1], lam: 0.5}`` -> ``lam0.5-levels1``: a codebook name suffix for rebalance overrides."""
+    import re
+
+    def val(v):
+        return "_".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+
+    return re.sub(r"[^a-z0-9._-]", "", "-".join(f"{k.replace('_', '')}{val(v)}" for k, v in sorted(overrides.items())).lower())
+
+
 def _key(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -113,7 +123,8 @@ class Experiment:
         if c == "base":
             return f"{self.dataset}-{self.params.tokenizer.method}"
         if c == "crab":
-            return self.params.rebalance.name or f"{self.dataset}-crab"
+            base = self.params.rebalance.name or f"{self.dataset}-crab"
+            return f"{base}-{_slug(spec.rebalance)}" if spec.rebalance else base
         if c in TOKENIZER_METHODS:
             return f"{self.dataset}-{c}"
         if "/" in c:
@@ -136,7 +147,9 @@ class Experiment:
         if c == "crab":
             print(f"experiment: building {ref} (genrec rebalance)")
             self.codebook_ref(VariantParams(codebook="base"), build=True)
-            rc = genrec([*base, "rebalance", "--codebook", f"{self.dataset}-{self.params.tokenizer.method}"])
+            sets = sum((["--set", f"rebalance.{k}={json.dumps(v)}"] for k, v in sorted(spec.rebalance.items())), [])
+            rc = genrec([*base, *sets, "rebalance", "--codebook", f"{self.dataset}-{self.params.tokenizer.method}",
+                         "--name", self.codebook_name(spec)])
         else:
             method = self.params.tokenizer.method if c == "base" else c
             print(f"experiment: building {ref} (genrec tokenize, method {method})")
@@ -162,7 +175,13 @@ class Experiment:
             deps = [self.spec(v.init_from, seed, build, cache)] if v.init_from else []
             cb = self.codebook_ref(v, build=build) if build else self._codebook_ref_or_name(v)
             init_ref = f"generator/{deps[0].name}@latest" if deps else None
-            keyed = {"variant": v.model_dump(mode="json"), "generator": gp.model_dump(mode="json"), "seed": seed,
+            gdump = gp.model_dump(mode="json")
+            if not deps:  # generator.finetune applies only to a warm-started run: no effect on the others' results
+                gdump.pop("finetune", None)
+            vdump = v.model_dump(mode="json")
+            if not vdump.get("rebalance"):  # added later; empty = what runs made before it did
+                vdump.pop("rebalance", None)
+            keyed = {"variant": vdump, "generator": gdump, "seed": seed,
                      "dataset": self.dataset_ref, "codebook": cb, "init": deps[0].key if deps else None}
             if any(h.get("type") == "genplugin" for h in gp.heads):  # its language view and RAR read these artifacts
                 keyed["genplugin_inputs"] = [self._latest(f"item-embeddings/{self.dataset}"), self._latest(f"retrieval-index/{self.dataset}")]

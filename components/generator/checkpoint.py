@@ -55,28 +55,74 @@ def load_checkpoint(registry: Registry, ref: str, codebook: Codebook | None = No
     return model.to(device).eval(), codebook, art
 
 
+def _lineage_ok(registry: Registry, old_cb: Codebook, old_cb_ref: str, codebook_art: Artifact) -> bool:
+    """Whether ``codebook_art`` was rebalanced from the codebook the checkpoint was trained on: that
+    ref is among its parents, or a parent codebook has the same SIDs (a pass-through copy made by
+    ``rebalance.enabled: false`` or a re-tokenize with identical output counts as the same)."""
+    parents = list(codebook_art.manifest.parents)
+    if old_cb_ref in parents:
+        return True
+    want = SIDVocab.from_codebook(old_cb).fingerprint()
+    for ref in parents:
+        if not ref.startswith("codebook/"):
+            continue
+        try:
+            cand = Codebook.from_artifact(registry.load(ref))
+        except Exception:  # a missing / unreadable parent simply does not vouch for the lineage
+            continue
+        if cand.sizes == old_cb.sizes and SIDVocab.from_codebook(cand).fingerprint() == want:
+            return True
+    return False
+
+
 def warm_start(model: GenerativeRecommender, registry: Registry, ref: str, codebook: Codebook, codebook_art: Artifact) -> Artifact:
     """Initialise ``model`` (built for ``codebook``) from checkpoint ``ref`` — CRAB §4.3.
 
-    Every weight is copied; vocabulary-sized rows (token embeddings, a tied or untied output layer)
+    Every weight is copied; vocabulary-sized rows (token embeddings, a tied or untied output layer,
+    peft's trainable-token deltas; for a pretrained decoder LM the rows after its own vocabulary)
     are re-laid out for the new codebook with each token taking the row of its origin token
     (``codebook.token_origin``), so a token a split created starts as the token it came from. Heads
     the checkpoint does not have (e.g. CARE or GenPlugin added for the fine-tune) keep their fresh
-    initialisation; every other missing weight is an error. The
-    checkpoint must have been trained on ``codebook`` itself or on the codebook it was rebalanced
-    from (a parent of ``codebook_art``), else :class:`ArtifactIncompatible`."""
+    initialisation; every other missing weight is an error.
+
+    The checkpoint must have been trained on the codebook ``codebook`` was rebalanced from (CRAB:
+    re-layout; see :func:`_lineage_ok`) or on ``codebook`` itself (same SIDs: a plain continuation,
+    announced as such -- the rows it learned for split tokens are kept, nothing is re-initialised);
+    else :class:`ArtifactIncompatible`."""
     import torch
 
     from components.rebalancer.alignment import expand_token_embeddings
 
     old_model, old_cb, old_art = load_checkpoint(registry, ref)
     old_cb_ref = old_art.load_json("config.json")["codebook"]
-    same = old_cb.sizes == codebook.sizes and old_cb.sids.shape == codebook.sids.shape and (old_cb.sids == codebook.sids).all()
-    if not same and old_cb_ref not in codebook_art.manifest.parents:
+    same = old_cb.sizes == codebook.sizes and old_cb.sids.shape == codebook.sids.shape and bool((old_cb.sids == codebook.sids).all())
+    if not same and not _lineage_ok(registry, old_cb, old_cb_ref, codebook_art):
         raise ArtifactIncompatible(f"{old_art.ref} was trained on {old_cb_ref}; {codebook_art.ref} was not rebalanced from it "
                                    f"(its parents: {codebook_art.manifest.parents})")
     ov, nv = old_model.vocab, model.vocab
-    origin = codebook.token_origin if not same else [list(range(s)) for s in codebook.sizes]
+    if same:
+        print(f"warm start: {old_art.ref} was trained on these SIDs ({old_cb_ref}): continuing it, no token re-layout")
+        origin = [list(range(s)) for s in codebook.sizes]
+    else:
+        origin = codebook.token_origin
+        if origin is None or [len(o) for o in origin] != list(codebook.sizes) or any(
+                max(o, default=-1) >= old for o, old in zip(origin, ov.sizes)):
+            raise ArtifactIncompatible(f"{codebook_art.ref}: token_origin does not map its tokens onto {old_cb_ref}'s "
+                                       f"(sizes {ov.sizes} -> {nv.sizes})")
+        print(f"warm start: {old_art.ref} ({old_cb_ref}) -> {codebook_art.ref}: "
+              f"{sum(nv.sizes) - sum(ov.sizes)} split tokens start as their origin token")
+    base = int(getattr(model.backbone, "base_vocab", 0) or 0)  # a pretrained LM's own vocabulary precedes the SID rows
+    if base != int(getattr(old_model.backbone, "base_vocab", 0) or 0):
+        raise ArtifactIncompatible(f"{old_art.ref} has another base vocabulary ({getattr(old_model.backbone, 'base_vocab', 0)} vs {base})")
+
+    def relayout(prev: torch.Tensor, cur: torch.Tensor) -> torch.Tensor | None:
+        for off in sorted({0, base}):
+            if prev.ndim >= 1 and prev.shape[0] == off + ov.size and cur.shape[0] == off + nv.size and prev.shape[1:] == cur.shape[1:]:
+                flat = prev[off:].reshape(ov.size, -1)
+                grown = expand_token_embeddings(flat, ov.offsets, ov.sizes, nv.offsets, nv.sizes, origin)
+                return torch.cat([prev[:off].reshape(off, flat.shape[1]), grown]).reshape(cur.shape)
+        return None
+
     old_state, new_state = old_model.state_dict(), model.state_dict()
     old_heads = {h.name for h in old_model.heads}
     for key, cur in new_state.items():
@@ -85,11 +131,14 @@ def warm_start(model: GenerativeRecommender, registry: Registry, ref: str, codeb
             continue  # a head the source model did not have (e.g. CARE added for the fine-tune) keeps its fresh init
         if prev is None:
             raise ArtifactIncompatible(f"{old_art.ref} has no weight {key!r} (another architecture?)")
-        if prev.shape == cur.shape and (same or prev.shape[:1] != (ov.size,)):
+        if same and prev.shape == cur.shape:
             new_state[key] = prev
-        elif prev.ndim >= 1 and prev.shape[0] == ov.size and cur.shape[0] == nv.size and prev.shape[1:] == cur.shape[1:]:
-            flat = prev.reshape(ov.size, -1)
-            new_state[key] = expand_token_embeddings(flat, ov.offsets, ov.sizes, nv.offsets, nv.sizes, origin).reshape(cur.shape)
+            continue
+        grown = relayout(prev, cur)
+        if grown is not None:
+            new_state[key] = grown
+        elif prev.shape == cur.shape:
+            new_state[key] = prev
         else:
             raise ArtifactIncompatible(f"{key}: checkpoint shape {tuple(prev.shape)} does not fit {tuple(cur.shape)}")
     with torch.no_grad():

@@ -155,28 +155,39 @@ def train_generator(registry, gp, dataset_ref: str, codebook_ref: str | None, na
     torch.set_num_threads(threads(gp.train.num_threads))
     seed_everything(seed)
     model = build_model(gp, vocab, max_items)
-    if init_from:
+    tp, extra, handle, ft = gp.train, _extra_losses(gp, model, cb), None, None
+    if init_from:  # CRAB §4.3: warm start, the fine-tune's parameter set, schedule and alignment loss
         from components.generator.checkpoint import warm_start
+        from components.generator.finetune import crab_alignment_loss, finetune_train_params, prepare_finetune
 
-        src = warm_start(model, registry, init_from, cb, cb_art)
-        print(f"initialised from {src.ref} (new tokens copy their origin token's rows)")
+        warm_start(model, registry, init_from, cb, cb_art)
+        ft = gp.finetune
+        tp = finetune_train_params(gp.train, ft)
+        handle = prepare_finetune(model, ft)
+        extra = {**extra, **crab_alignment_loss(model, cb, ft.beta)}
+        print(f"fine-tune ({ft.trainable}): {handle.trainable_params:,} of {handle.total_params:,} parameters train; "
+              f"{tp.epochs} epochs, batch {tp.batch_size}, lr {tp.lr:g}; alignment beta "
+              f"{extra['crab_align'][1] if 'crab_align' in extra else 0}")
     run_dir = run_dir or f".genrec/runs/{name}"
-    trainer = Trainer(model, ds, SIDTrie(cb.sids, cb.sizes), gp.train, seed=seed, eval_beam=gp.decode.beam,
-                      run_dir=run_dir, extra_losses=_extra_losses(gp, model, cb), progress=progress,
-                      fingerprint=vocab.fingerprint() + ds_art.ref + (init_from or ""))
+    fingerprint = vocab.fingerprint() + ds_art.ref + (init_from or "") + (ft.model_dump_json() if ft else "")
+    trainer = Trainer(model, ds, SIDTrie(cb.sids, cb.sizes), tp, seed=seed, eval_beam=gp.decode.beam,
+                      run_dir=run_dir, extra_losses=extra, progress=progress, fingerprint=fingerprint)
     res = trainer.fit()
     for h in model.heads:  # heads with a second training stage (GenPlugin: retrieval-augmented fine-tuning)
         if hasattr(h, "second_stage"):
-            def make_trainer(tp, tag, _extra=trainer.extra_losses):
-                return Trainer(model, ds, SIDTrie(cb.sids, cb.sizes), tp, seed=seed, eval_beam=gp.decode.beam,
-                               run_dir=f"{run_dir}-{tag}", extra_losses=_extra, progress=progress,
-                               fingerprint=vocab.fingerprint() + ds_art.ref)
-            res = h.second_stage(res, make_trainer, gp.train)
-    n_params = sum(p.numel() for p in model.parameters())
+            def make_trainer(tp2, tag, _extra=trainer.extra_losses):
+                return Trainer(model, ds, SIDTrie(cb.sids, cb.sizes), tp2, seed=seed, eval_beam=gp.decode.beam,
+                               run_dir=f"{run_dir}-{tag}", extra_losses=_extra, progress=progress, fingerprint=fingerprint)
+            res = h.second_stage(res, make_trainer, tp)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if handle is not None:  # merge LoRA adapters into the best epoch's weights: a plain checkpoint
+        handle.finish(res.best_state)
+        res.best_state = None
+    n_params = sum(p.numel() for p in model.parameters())
     summary = {"best_epoch": res.best_epoch, "epochs_run": res.epochs_run, "stopped_early": res.stopped_early,
                "train_samples_per_s": round(res.samples_per_s, 2), "train_seconds": round(res.train_seconds, 1),
                "params": n_params, "trainable_params": n_train, "seed": seed, "init_from": init_from,
+               **({"finetune": ft.trainable, "alignment_beta": extra["crab_align"][1] if "crab_align" in extra else 0.0} if ft else {}),
                **{f"valid.{k}": v for k, v in res.best_valid.items()}, **res.extra}
     params = {"seed": seed, "generator": gp.model_dump(mode="json"), "max_items": max_items, "init_from": init_from}
     art = save_checkpoint(registry, name, model, cb_art.ref, ds_art.ref, params, meta=summary, state_dict=res.best_state,

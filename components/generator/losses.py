@@ -3,9 +3,12 @@
 ``loss(model) -> scalar``, weighted by ``generator.train.extra_loss_weight``.
 
 ``crab_alignment``: CRAB's hierarchical semantic alignment (Eq. 9, the rebalancer's
-``HierarchicalAlignmentLoss``) on the SID token embeddings, after initialising every token a
-split created from its origin token's embedding (``init_new_token_embeddings``). So "TIGER",
-"TIGER+RW" (``reweight_power``) and "TIGER+CRAB" (this loss on a rebalanced codebook) are params.
+``HierarchicalAlignmentLoss``) on the SID token embeddings. A fine-tune from a checkpoint
+(``init_from``) adds it by itself with weight ``generator.finetune.beta``
+(:mod:`components.generator.finetune`); ``extra_loss`` is for training with it from scratch. It
+never writes the embeddings: split tokens start as their origin's rows in
+:func:`components.generator.checkpoint.warm_start`, and a model that already learned the split
+tokens' rows keeps them.
 """
 
 from __future__ import annotations
@@ -16,18 +19,9 @@ import torch
 
 
 def crab_alignment(model, codebook) -> Callable[[object], torch.Tensor]:
-    from components.rebalancer.alignment import HierarchicalAlignmentLoss, init_new_token_embeddings
+    from components.rebalancer.alignment import HierarchicalAlignmentLoss
 
-    offsets = model.vocab.offsets
-    bb = model.backbone
-    weight = None
-    if bb.kind == "tiger":
-        weight = bb.t5.shared.weight
-    elif getattr(bb, "token_map", None) is None and not bb.cfg.get("lora_applied"):
-        weight = bb.lm.get_input_embeddings().weight
-    if weight is not None and codebook.token_origin is not None:
-        init_new_token_embeddings(weight.data, codebook.token_origin, offsets)
-    loss = HierarchicalAlignmentLoss.from_codebook(codebook, offsets).to(model.device)
+    loss = HierarchicalAlignmentLoss.from_codebook(codebook, model.vocab.offsets).to(model.device)
 
     def fn(m) -> torch.Tensor:
         return loss(m.backbone.sid_embeddings())

@@ -70,6 +70,21 @@ class TrainParams(Section):
     resume: bool = Field(True, description="resume from the run directory's last epoch if its config matches")
 
 
+class FinetuneParams(Section):
+    """``generator.finetune:`` the CRAB §4.3 recipe for a run that starts from a checkpoint
+    (:mod:`components.generator.finetune`)."""
+
+    trainable: Literal["lora", "full"] = Field("lora", description="lora = LoRA on attention projections + token embeddings + heads (CRAB §4.3) | full = every weight")
+    lora_r: int = Field(8, ge=1, description="LoRA rank")
+    lora_alpha: int = Field(16, ge=1, description="LoRA alpha (scale = alpha / r)")
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0, description="dropout on the LoRA inputs")
+    epochs: int = Field(10, ge=1, description="fine-tune epochs (paper: 10)")
+    batch_size: int = Field(128, ge=1, description="fine-tune batch size (paper: global batch 128)")
+    lr: float = Field(1e-3, gt=0, description="fine-tune peak learning rate (the paper's value is lost in our copy)")
+    warmup_steps: int = Field(50, ge=0, description="fine-tune linear warmup steps, then cosine decay")
+    beta: float = Field(0.1, ge=0.0, description="weight of CRAB's hierarchical alignment loss (Eq. 10) on a rebalanced codebook; 0 = off")
+
+
 class DecodeParams(Section):
     """``generator.decode:`` constrained beam search and ranking outputs."""
 
@@ -92,6 +107,7 @@ class GeneratorParams(Section):
     tiger: TigerParams = Field(default_factory=TigerParams, description="TIGER (T5 encoder-decoder) sizes")
     decoder_lm: DecoderLMParams = Field(default_factory=DecoderLMParams, description="decoder-only LLM (Qwen2) size or local pretrained path, LoRA")
     train: TrainParams = Field(default_factory=TrainParams, description="optimizer, schedule, early stopping, RW and CRAB options")
+    finetune: FinetuneParams = Field(default_factory=FinetuneParams, description="CRAB §4.3 recipe when training starts from a checkpoint (init_from): LoRA set, schedule, alignment weight")
     decode: DecodeParams = Field(default_factory=DecodeParams, description="constrained beam search settings")
 
     def check_fits(self, cuda_available: bool) -> None:
@@ -148,6 +164,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train.epochs": 10, "train.batch_size": 256, "train.lr": 0.004, "train.warmup_steps": 300,
         "train.max_steps_per_epoch": 0, "train.valid_samples": 1000, "train.patience": 3, "train.eval_every": 1,
         "train.max_minutes": 9.5,
+        # CRAB's fine-tune on this box: 4 epochs at the training batch (the paper: 10 at 128, a GPU budget)
+        "finetune.epochs": 4, "finetune.batch_size": 256, "finetune.lora_dropout": 0.0,
         "decode.beam": 20, "decode.k": 20, "decode.max_samples": 0,
     },
     # TIGER / GenPlugin sizes (the TigerParams defaults), trained to early stopping: a GPU preset
@@ -158,6 +176,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "decoder_lm.num_heads": 4, "decoder_lm.num_kv_heads": 2,
         "train.epochs": 200, "train.batch_size": 256, "train.lr": 0.001, "train.warmup_steps": 500,
         "train.max_steps_per_epoch": 0, "train.valid_samples": 0, "train.patience": 10, "train.max_minutes": 0.0,
+        "finetune.epochs": 10, "finetune.batch_size": 128,
         "decode.beam": 20, "decode.k": 20, "decode.max_samples": 0,
     },
     # tests only: a tiny model and a few steps (numbers mean nothing)
@@ -168,6 +187,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "decoder_lm.num_heads": 2, "decoder_lm.num_kv_heads": 1,
         "train.epochs": 2, "train.batch_size": 64, "train.lr": 0.003, "train.warmup_steps": 2,
         "train.max_steps_per_epoch": 3, "train.valid_samples": 20, "train.patience": 2, "train.max_minutes": 0.0,
+        "finetune.epochs": 1, "finetune.batch_size": 64, "finetune.warmup_steps": 1,
         "decode.beam": 10, "decode.k": 20, "decode.max_samples": 30,
     },
 }

@@ -6,14 +6,14 @@ rebalanced codebook, ``token_origin[l][t]`` = token of the input codebook that `
 
     from components.rebalancer.alignment import (
         HierarchicalAlignmentLoss, CrabObjective, init_new_token_embeddings,
-        expand_token_embeddings, apply_crab_lora, attention_lora_targets)
+        expand_token_embeddings, attention_lora_targets)
 
     # 1. grow the trained model's embedding matrix to the new vocabulary, new rows = origin rows
     new_w = expand_token_embeddings(old_w, old_offsets, old_sizes, new_offsets, new_sizes, token_origin)
     #    (or, when the new-layout matrix already holds the trained rows of the kept tokens:)
     init_new_token_embeddings(weight, token_origin, offsets)          # in place, no grad
     # 2. what trains: LoRA on attention projections only + the token embeddings
-    model = apply_crab_lora(model, r=8, alpha=16, dropout=0.05)
+    #    (components.generator.finetune.prepare_finetune, with attention_lora_targets(model))
     # 3. loss L = L_rec + beta * L_reg
     objective = CrabObjective(HierarchicalAlignmentLoss.from_codebook(codebook, offsets), beta=0.1)
     loss, parts = objective(rec_loss, model.get_input_embeddings().weight)
@@ -231,19 +231,3 @@ def attention_lora_targets(model: nn.Module) -> list[str]:
     if not out:
         raise ValueError(f"no attention projections found in {type(model).__name__}")
     return out
-
-
-def apply_crab_lora(model: nn.Module, r: int = 8, alpha: int = 16, dropout: float = 0.05) -> nn.Module:
-    """Sec. 4.3: LoRA adapters on the attention projections only, plus the token embeddings (input,
-    and output when untied) trainable in full; everything else frozen. Returns the peft model."""
-    from peft import LoraConfig, get_peft_model
-
-    targets = attention_lora_targets(model)
-    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none")
-    peft_model = get_peft_model(model, cfg)
-    base = peft_model.get_base_model()
-    base.get_input_embeddings().weight.requires_grad_(True)
-    out = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
-    if out is not None and getattr(out, "weight", None) is not None:
-        out.weight.requires_grad_(True)
-    return peft_model

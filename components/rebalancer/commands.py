@@ -29,7 +29,8 @@ def cmd_rebalance(args, ctx) -> int:
     if out.result is None:
         print(f"rebalance disabled: {out.metrics['input']} passed through as {out.artifact.ref}")
     else:
-        print(f"wrote {out.artifact.ref} (sizes {out.result.codebook.sizes}, features: {out.result.feature_source})")
+        source = out.result.feature_source + (f" {out.metrics['embeddings']}" if out.metrics.get("embeddings") else "")
+        print(f"wrote {out.artifact.ref} (sizes {out.result.codebook.sizes}, features: {source})")
         for lvl, row in out.metrics["levels"].items():
             if int(lvl.split("_")[1]) not in out.plot_levels:
                 continue

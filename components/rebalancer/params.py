@@ -1,8 +1,8 @@
-"""``rebalance:`` parameters (CRAB codebook rebalancing, Sec. 4.1, and the alignment weight of Eq. 10)."""
+"""``rebalance:`` parameters (CRAB codebook rebalancing, Sec. 4.1, the alignment weight of Eq. 10 is ``generator.finetune.beta``)."""
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from components.params import Section
 
@@ -12,7 +12,7 @@ class RebalanceParams(Section):
 
     enabled: bool = Field(True, description="false = no-op: the input codebook is re-saved unchanged as the output name (meta passthrough=input ref)")
     codebook: str = Field("industrial-rqkmeans", description="input codebook: a name under artifacts/codebook/ (its @latest) or a full ref kind/name@version")
-    embeddings: str | None = Field(None, description="item-embeddings artifact ref for the residuals (must come from the same dataset); null = codewords, else TF-IDF+SVD of item text")
+    embeddings: str | None = Field("auto", description="item-embeddings artifact ref for the residuals (must come from the same dataset); auto = item-embeddings/<dataset>@latest when it exists and was embedded from the dataset, else as null; null = codewords, else TF-IDF+SVD of item text")
     name: str | None = Field(None, description="output codebook name; null = <data.dataset>-crab")
     split_ratio: float = Field(0.1, gt=0.0, le=1.0, description="share of each level's used tokens (most popular first) that may split")
     max_splits: int = Field(4, ge=2, description="upper bound on the new tokens one token splits into")
@@ -22,4 +22,11 @@ class RebalanceParams(Section):
     exact_max: int = Field(20000, ge=1, description="solve a split exactly by enumeration when n^m assignments <= this")
     semantic_levels: int | None = Field(None, ge=1, description="leading semantic levels (the rest: collision disambiguation, never split); null = detect")
     text_dim: int = Field(64, ge=2, description="dimension of the TF-IDF+SVD fallback item embedding")
-    beta: float = Field(0.1, ge=0.0, description="weight of the hierarchical alignment loss (Eq. 10) when the generator fine-tunes on the rebalanced codebook")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data):
+        if isinstance(data, dict) and "beta" in data:
+            raise ValueError("rebalance.beta moved to generator.finetune.beta: the alignment weight (Eq. 10) is read where "
+                             "the fine-tune builds the loss")
+        return data

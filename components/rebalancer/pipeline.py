@@ -1,6 +1,14 @@
 """The ``rebalance`` stage as one function: load the input codebook and dataset artifacts, split,
 write ``codebook/<name>`` (parents: input codebook, dataset[, embeddings]) and return metrics.
 
+Item features for the residuals (``rebalance.embeddings``): an ``item-embeddings`` ref is loaded and
+checked against the dataset version; ``auto`` (the default) takes ``item-embeddings/<dataset>@latest``
+(what the ``embed`` stage writes) when it exists and was embedded from this dataset version, and
+otherwise falls back, with a warning when it exists but is stale, to ``null``: the codebook's
+codeword reconstructions, else TF-IDF+SVD of the item text (:func:`~components.rebalancer.residuals.item_features`).
+The choice is logged and recorded (metrics ``feature_source`` and ``embeddings``, the embeddings
+artifact among the output's parents).
+
 With ``enabled: false`` it is a no-op that passes the input through: the input codebook is
 re-saved unchanged under the output name (parent = the input codebook, params
 ``rebalance.enabled: false``, ``stats.json`` ``rebalanced: false``), so the downstream stage always reads ``codebook/<dataset>-crab@latest``.
@@ -8,6 +16,8 @@ re-saved unchanged under the output name (parent = the input codebook, params
 
 from __future__ import annotations
 
+import logging
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,8 +26,12 @@ import numpy as np
 from components.rebalancer.crab import RebalanceError, RebalanceResult, detect_semantic_levels, rebalance_codebook
 from components.rebalancer.popularity import level_stats, token_popularity
 from components.rebalancer.params import RebalanceParams
-from components.registry import Artifact, Registry
+from components.registry import Artifact, ArtifactIncompatible, ArtifactNotFound, Registry
 from components.tokenizer.codebook import Codebook
+
+log = logging.getLogger(__name__)
+
+AUTO = "auto"
 
 
 @dataclass
@@ -33,6 +47,33 @@ class StageOutput:
 def codebook_ref(value: str) -> str:
     """A bare name means ``codebook/<name>@latest``."""
     return value if "/" in value else f"codebook/{value}@latest"
+
+
+def resolve_embeddings(registry: Registry, value: str | None, dataset: str, dataset_ref: str, n_items: int) -> tuple[np.ndarray | None, Artifact | None]:
+    """``(embeddings float32 [n_items, d], their artifact)`` for ``rebalance.embeddings`` (module
+    docstring), or ``(None, None)`` for the codewords / text fallback. An explicit ref must exist and
+    come from ``dataset_ref``; ``auto`` falls back instead."""
+    from components.tokenizer.encoders import load_embeddings  # the item-embeddings format's owner
+
+    if not value:
+        return None, None
+    if value != AUTO:
+        art = registry.load(value)
+        return load_embeddings(art, dataset_ref=dataset_ref, n_items=n_items), art
+    ref = f"item-embeddings/{dataset}@latest"
+    try:
+        art = registry.load(ref)
+    except ArtifactNotFound:
+        log.info("rebalance.embeddings=auto: no %s, features from the codebook's codewords or the item text", ref)
+        return None, None
+    try:
+        emb = load_embeddings(art, dataset_ref=dataset_ref, n_items=n_items)
+    except ArtifactIncompatible as e:
+        warnings.warn(f"rebalance.embeddings=auto: not using {art.ref} ({e}); features from the codebook's codewords "
+                      "or the item text", stacklevel=2)
+        return None, None
+    log.info("rebalance.embeddings=auto: residuals from %s", art.ref)
+    return emb, art
 
 
 def run_rebalance(registry: Registry, params: RebalanceParams, dataset: str, seed: int = 2024, progress: bool = False,
@@ -59,13 +100,9 @@ def run_rebalance(registry: Registry, params: RebalanceParams, dataset: str, see
         metrics = {"enabled": False, "input": cb_art.ref, "output": art.ref,
                    "levels": {f"level_{s['level']}": s for s in level_stats(cb.sids, counts, cb.sizes)}}
         return StageOutput(art, metrics, None, pop, pop, list(range(n_sem)))
-    emb = None
     parents: list[Any] = [cb_art, ds_art]
-    if params.embeddings:
-        from components.tokenizer.encoders import load_embeddings  # the item-embeddings format's owner
-
-        e_art = registry.load(params.embeddings)
-        emb = load_embeddings(e_art, dataset_ref=ds_art.ref, n_items=ds.n_items)
+    emb, e_art = resolve_embeddings(registry, params.embeddings, dataset, ds_art.ref, ds.n_items)
+    if e_art is not None:
         parents.append(e_art)
     result = rebalance_codebook(
         cb,
@@ -85,11 +122,12 @@ def run_rebalance(registry: Registry, params: RebalanceParams, dataset: str, see
     )
     result.codebook.dataset_ref = ds_art.ref
     art = result.codebook.save(registry, name, parents=parents, params={"rebalance": pdict, "seed": seed})
-    return StageOutput(art, stage_metrics(result, cb_art.ref, art.ref), result, result.popularity_before,
-                       result.popularity_after, list(range(result.semantic_levels)))
+    log.info("rebalance: features %s%s", result.feature_source, f" ({e_art.ref})" if e_art is not None else "")
+    metrics = stage_metrics(result, cb_art.ref, art.ref, e_art.ref if e_art is not None else None)
+    return StageOutput(art, metrics, result, result.popularity_before, result.popularity_after, list(range(result.semantic_levels)))
 
 
-def stage_metrics(result: RebalanceResult, input_ref: str, output_ref: str) -> dict[str, Any]:
+def stage_metrics(result: RebalanceResult, input_ref: str, output_ref: str, embeddings_ref: str | None = None) -> dict[str, Any]:
     levels = {}
     for row in result.summary()["levels"]:
         b, a = row["before"], row["after"]
@@ -112,6 +150,7 @@ def stage_metrics(result: RebalanceResult, input_ref: str, output_ref: str) -> d
         "input": input_ref,
         "output": output_ref,
         "feature_source": result.feature_source,
+        "embeddings": embeddings_ref,
         "collisions": result.codebook.n_collisions(),
         "levels": levels,
     }

@@ -13,6 +13,17 @@ tokens (CRAB Eq. 6, with the balance loss of Eq. 5)::
              (Eq. 5's variance of the new tokens' popularity around the mean P / n, scaled to
              [0, 1]: 0 = perfectly even, 1 = one token holds everything)
 
+Coincident children. When ``S <= rtol * max(W, sum_c w_c ||x_c||^2)`` (``W = sum_c w_c``,
+``rtol = 1e-9``, :data:`SCATTER_RTOL`) the children count as one point and the distance term is
+``SSE / S := 0``: only the balance term decides. This is the case at the last semantic level with
+codeword features, where every item's residual is the same vector up to float32 rounding (measured
+scatter ~5e-12): dividing that noise by itself would make ``SSE / S`` as large as the balance term
+and let rounding choose the split. The tolerance is relative to the points' magnitude (squared
+distances below ``rtol`` times their mean squared norm, i.e. relative distances below ~3e-5) with a
+floor of unit norm per item (features are L2-normalized embeddings or their reconstructions; the
+noise scatter grows with the number of items, hence ``W`` and not 1). float32 rounding noise is
+~1e-14 per item, five orders below the floor; a real residual spread is ~1e-2 or more.
+
 subject to: every new token receives at least one child with positive popularity (so each new
 token is strictly less popular than the parent, and none is empty).
 
@@ -42,6 +53,7 @@ from dataclasses import dataclass
 import numpy as np
 
 _EPS = 1e-12
+SCATTER_RTOL = 1e-9  # S below this times max(W, sum_c w_c ||x_c||^2) = coincident children (module docstring)
 
 
 @dataclass
@@ -56,6 +68,9 @@ class KMeansSplit:
 
 
 def _prepare(x: np.ndarray, w: np.ndarray, p: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float]:
+    """Checked float64 ``(x, w, p, inv_scatter, P)``; ``inv_scatter`` = ``1 / S``, or ``0.0`` when the
+    children coincide (``S`` within the relative tolerance, module docstring): the distance term
+    ``SSE * inv_scatter`` then vanishes in every solver and in :func:`objective`."""
     x = np.asarray(x, dtype=np.float64)
     w = np.asarray(w, dtype=np.float64)
     p = np.asarray(p, dtype=np.float64)
@@ -70,12 +85,15 @@ def _prepare(x: np.ndarray, w: np.ndarray, p: np.ndarray, n: int) -> tuple[np.nd
         raise ValueError(f"cannot split into {n} tokens: only {npos} children have positive popularity")
     xbar = (w[:, None] * x).sum(0) / w.sum()
     scatter = float((w * ((x - xbar) ** 2).sum(1)).sum())
-    return x, w, p, scatter if scatter > _EPS else 1.0, float(p.sum())
+    scale = max(float(w.sum()), float((w * (x**2).sum(1)).sum()))
+    inv_scatter = 0.0 if scatter <= SCATTER_RTOL * scale else 1.0 / scatter
+    return x, w, p, inv_scatter, float(p.sum())
 
 
 def objective(x: np.ndarray, w: np.ndarray, p: np.ndarray, labels: np.ndarray, n: int, lam: float) -> tuple[float, float, float]:
-    """``(J, SSE / S, B)`` of an assignment (see the module docstring)."""
-    x, w, p, scatter, total = _prepare(x, w, p, n)
+    """``(J, SSE / S, B)`` of an assignment (see the module docstring; ``SSE / S = 0`` for coincident
+    children)."""
+    x, w, p, inv_scatter, total = _prepare(x, w, p, n)
     labels = np.asarray(labels)
     W = np.bincount(labels, weights=w, minlength=n)
     sums = np.zeros((n, x.shape[1]))
@@ -84,11 +102,11 @@ def objective(x: np.ndarray, w: np.ndarray, p: np.ndarray, labels: np.ndarray, n
     sse = float((w * (x**2).sum(1)).sum() - ((sums[nz] ** 2).sum(1) / W[nz]).sum())
     P = np.bincount(labels, weights=p, minlength=n)
     bal = float(n / (n - 1) * ((P / total - 1.0 / n) ** 2).sum())
-    sse_n = max(sse, 0.0) / scatter
+    sse_n = max(sse, 0.0) * inv_scatter
     return sse_n + lam * bal, sse_n, bal
 
 
-def _exact(x, w, p, n, lam, scatter, total) -> np.ndarray:
+def _exact(x, w, p, n, lam, inv_scatter, total) -> np.ndarray:
     m = x.shape[0]
     codes = np.arange(n**m, dtype=np.int64)
     A = (codes[:, None] // (n ** np.arange(m, dtype=np.int64))[None, :]) % n  # [N, m] labels
@@ -105,7 +123,7 @@ def _exact(x, w, p, n, lam, scatter, total) -> np.ndarray:
         with np.errstate(divide="ignore", invalid="ignore"):
             sse -= np.where(Wk > 0, (Sk**2).sum(1) / np.where(Wk > 0, Wk, 1.0), 0.0)
         bal += (mask @ p / total - 1.0 / n) ** 2
-    J = np.maximum(sse, 0.0) / scatter + lam * n / (n - 1) * bal
+    J = np.maximum(sse, 0.0) * inv_scatter + lam * n / (n - 1) * bal
     J[~feasible] = np.inf
     return A[int(np.argmin(J))]
 
@@ -164,7 +182,7 @@ class _State:
         return self._mu
 
 
-def _local(x, w, p, n, lam, scatter, total, rng: np.random.Generator, max_sweeps: int = 50, large_m: int = 2000) -> np.ndarray:
+def _local(x, w, p, n, lam, inv_scatter, total, rng: np.random.Generator, max_sweeps: int = 50, large_m: int = 2000) -> np.ndarray:
     m = x.shape[0]
     bscale = lam * n / (n - 1) / total**2
     positive = np.flatnonzero(p > 0)
@@ -174,7 +192,7 @@ def _local(x, w, p, n, lam, scatter, total, rng: np.random.Generator, max_sweeps
     for _ in range(1, n):
         cand = d2.copy()
         cand[np.isin(positive, seeds)] = 0.0
-        if cand.sum() <= _EPS:  # all remaining points coincide with a seed: pick by popularity
+        if inv_scatter == 0.0 or cand.sum() <= _EPS:  # remaining points coincide with a seed: pick by popularity
             free = positive[~np.isin(positive, seeds)]
             nxt = int(free[np.argmax(p[free])])
         else:
@@ -198,7 +216,7 @@ def _local(x, w, p, n, lam, scatter, total, rng: np.random.Generator, max_sweeps
         mu = st.mu()
         D = ((x[idx, None, :] - mu[None, :, :]) ** 2).sum(2)
         wi, pi = w[idx, None], p[idx, None]
-        cost = wi * st.W[None, :] / (st.W[None, :] + wi) * D / scatter + bscale * (2.0 * pi * (st.P[None, :] - target) + pi**2)
+        cost = wi * st.W[None, :] / (st.W[None, :] + wi) * D * inv_scatter + bscale * (2.0 * pi * (st.P[None, :] - target) + pi**2)
         k = np.argmin(cost, axis=1)
         labels[idx] = k
         st.add_many(idx, k)
@@ -216,7 +234,8 @@ def _local(x, w, p, n, lam, scatter, total, rng: np.random.Generator, max_sweeps
         with np.errstate(divide="ignore", invalid="ignore"):
             rem = np.where(Wa - w > _EPS, w * Wa / (Wa - w), np.inf) * D[rows, a]
         add = w[:, None] * st.W[None, :] / (st.W[None, :] + w[:, None]) * D
-        delta = (add - rem[:, None]) / scatter + bscale * 2.0 * p[:, None] * (st.P[None, :] - st.P[a][:, None] + p[:, None])
+        dist = (add - rem[:, None]) * inv_scatter if inv_scatter > 0.0 else 0.0  # (inf * 0 would be NaN)
+        delta = dist + bscale * 2.0 * p[:, None] * (st.P[None, :] - st.P[a][:, None] + p[:, None])
         delta[rows, a] = np.inf
         locked = (st.members[a] <= 1) | ((p > 0) & (st.pos[a] <= 1))
         delta[locked] = np.inf
@@ -235,7 +254,7 @@ def _local(x, w, p, n, lam, scatter, total, rng: np.random.Generator, max_sweeps
             if Wa - wi <= _EPS:
                 continue
             di = ((x[i] - st.mu()) ** 2).sum(1)
-            dl = (wi * st.W / (st.W + wi) * di - wi * Wa / (Wa - wi) * di[ai]) / scatter + (bscale * 2.0 * pi) * (st.P - (float(st.P[ai]) - pi))
+            dl = (wi * st.W / (st.W + wi) * di - wi * Wa / (Wa - wi) * di[ai]) * inv_scatter + (bscale * 2.0 * pi) * (st.P - (float(st.P[ai]) - pi))
             dl[ai] = np.inf
             b = int(np.argmin(dl))
             if dl[b] < -1e-12:
@@ -267,7 +286,7 @@ def split_children(
     Labels are returned so that new token 0 is the most popular (ties: lowest first child)."""
     if lam < 0:
         raise ValueError(f"lam must be >= 0, got {lam}")
-    x, w, p, scatter, total = _prepare(x, w, p, n)
+    x, w, p, inv_scatter, total = _prepare(x, w, p, n)
     m = x.shape[0]
     use_exact = solver == "exact" or (solver == "auto" and m * np.log(n) <= np.log(max(exact_max, 1)))
     if solver not in ("auto", "exact", "local"):
@@ -275,14 +294,14 @@ def split_children(
     if use_exact:
         if m * np.log(n) > np.log(5_000_000):
             raise ValueError(f"exact solver refuses {n}^{m} assignments")
-        labels = _exact(x, w, p, n, lam, scatter, total)
+        labels = _exact(x, w, p, n, lam, inv_scatter, total)
         name = "exact"
     else:
         rng = np.random.default_rng(seed)
         best, best_j = None, np.inf
         restarts = max(1, n_init) if m <= large_m else 1
         for _ in range(restarts):
-            lab = _local(x, w, p, n, lam, scatter, total, rng, large_m=large_m)
+            lab = _local(x, w, p, n, lam, inv_scatter, total, rng, large_m=large_m)
             j = objective(x, w, p, lab, n, lam)[0]
             if j < best_j - 1e-12:
                 best, best_j = lab, j
