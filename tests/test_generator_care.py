@@ -1,7 +1,8 @@
 """CARE head: options and bad input, layout, the progressive masks token by token (as the
-backbones actually receive them), exact equivalence of the one-pass progressive encoding with
-re-encoding partial histories (Fig. 4), the diversity loss by hand, constrained decoding with the
-KV cache, training, checkpoint round trip and the CLI path."""
+backbones' attention modules are called with them), the diversity loss by hand, constrained decoding
+with the KV cache, training, checkpoint round trip and the CLI path. What the masks compute, checked
+against references built without them (and what they do not compute: Fig. 4's separate
+re-encoding beyond step 0), is in tests/test_care_faithful.py."""
 
 from __future__ import annotations
 
@@ -14,12 +15,10 @@ import torch
 from components.generator.decoding import SIDTrie, constrained_beam_search
 from components.generator.heads.base import ForwardOutput, Layout, build_head
 from components.generator.heads.care import CareConfigError, CareHead
-from components.generator.vocab import PAD
 from tests.generator_helpers import exhaustive_topk, random_sids, synthetic_dataset, tiny_model
 
 torch.set_num_threads(2)
 SIZES = [4, 3, 5]
-FULL = [[1, 2, 3], [4, 5, 6], [7, 8, 9]]  # full histories (max_items=3): no padding
 HISTS = [[1, 2, 3], [5], [7, 8, 9, 10, 11], [0, 0]]
 
 
@@ -41,6 +40,7 @@ def test_options_and_bad_input():
     assert h.config() == {"type": "care", "queries": "1-0-2", "alpha": 0.7, "progressive": True, "progressive_history": True,
                           "mask_scope": "segment", "init_std": None}
     assert model_with("tiger").heads[0].counts == [1, 1, 2]  # auto for L = 3
+    assert model_with("decoder_lm").heads[0].config()["progressive_history"] is False  # auto: the paper's encoding on the LM
     assert model_with("tiger", queries=[2, 2.0, 1]).heads[0].counts == [2, 2, 1]
     assert isinstance(build_head({"type": "care", "queries": "1-1-1"}, 32), CareHead)
     with pytest.raises(CareConfigError, match=r"'1-1-2-2' gives 4 counts but the codebook's SIDs have 3 levels"):
@@ -99,7 +99,7 @@ def test_masks_match_definition_token_by_token(scope):
                 want = bool(msk[b, j]) and (not restricted or _lev(lv[b], j) <= int(lay.pos_step[p]))
                 assert bool(got["cross"][b, p, j]) == want, ("cross", b, p, j)
     # decoder-only: the 4-D mask over [prompt | decoder positions]
-    m = model_with("decoder_lm", queries="1-0-2", mask_scope=scope)
+    m = model_with("decoder_lm", queries="1-0-2", mask_scope=scope, progressive_history=True)  # not the LM default
     hist = m.encode_history([[1, 2], [3, 4, 5]])
     got = _captured("decoder_lm", m, hist)["lm"]
     lv, msk = hist.levels, hist.mask
@@ -126,81 +126,6 @@ def test_head_mask_functions_hand_computed():
     layout = Layout.build(3, [])  # one position per step
     assert decoder_mask(levels, layout.pos_step, torch.tensor([True, False, True]))[0].int().tolist() == [
         [1, 0, 0, 1, 0, 0, 1], [1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1]]
-
-
-# ---- one pass with the progressive mask == re-encoding partial histories (Fig. 4) -----------
-def _drop_levels_above(hist, t):
-    """The history with every token of level > t replaced by padding, positions unchanged."""
-    keep = hist.mask & (hist.levels <= t)
-    return type(hist)(torch.where(keep, hist.tokens, torch.full_like(hist.tokens, PAD)), keep,
-                      torch.where(keep, hist.levels, torch.full_like(hist.levels, -1)),
-                      torch.where(keep, hist.slots, torch.full_like(hist.slots, -1)), hist.items)
-
-
-def test_tiger_progressive_equals_partial_reencoding():
-    """TIGER: step t's logits from the history encoded once == from an encoder run on the history
-    whose level > t tokens are padding (same positions, so T5's relative position bias is the same);
-    the earlier steps s < t see levels <= s of that run, which (by the history mask) equal those of
-    the runs on X~_s. With the plain masks (w/o PA) or the backbone's bidirectional history encoding
-    the equality fails: those masks are what makes it hold."""
-    m = model_with("tiger", queries="1-2-2", seed=1)
-    hist = m.encode_history(HISTS)
-    tg = m.vocab.item_tokens[torch.tensor([3, 4, 5, 6])]
-    full = m(hist, tg).logits
-    for t in range(3):
-        part = m(_drop_levels_above(hist, t), tg).logits
-        torch.testing.assert_close(part[:, t], full[:, t], atol=1e-5, rtol=1e-5)
-        if t < 2:
-            assert not torch.allclose(part[:, t + 1], full[:, t + 1], atol=1e-3)  # later steps do see level t+1
-    for off in ({"progressive": False}, {"progressive_history": False}):
-        m2 = model_with("tiger", queries="1-2-2", seed=1, **off)
-        a, b = m2(hist, tg).logits, m2(_drop_levels_above(hist, 0), tg).logits
-        assert not torch.allclose(a[:, 0], b[:, 0], atol=1e-3), off
-
-
-def test_decoder_lm_progressive_equals_partial_prompt():
-    """Decoder-only: step t's logits with the progressive masks over the full prompt == the LM run
-    on a prompt that physically contains only the level <= t tokens of each item (the costly
-    re-encoding), with the RoPE position ids of the full layout and the step-s decoder positions
-    seeing the prompt tokens of level <= s."""
-    m = model_with("decoder_lm", queries="1-2-2", seed=2)
-    hist = m.encode_history(FULL)
-    assert bool(hist.mask.all())
-    tg = m.vocab.item_tokens[torch.tensor([3, 4, 5])]
-    full = m(hist, tg).logits
-    ctx = m.context(hist)
-    B, P = hist.tokens.shape
-    prev = torch.cat([torch.full((B, 1), 1), tg[:, :-1]], 1)
-    tok = m.backbone.embed(prev)
-    dec = torch.cat([m._segment(s, tok[:, s : s + 1]) for s in range(3)], 1)
-    lay = m.layout
-    body = m.backbone.lm.get_decoder()
-    lev = hist.levels[0]
-    for t in range(3):
-        keep = torch.nonzero(lev <= t).flatten()
-        end = int(lay.readout[t]) + 1
-        x = torch.cat([ctx.embeds[:, keep], dec[:, :end]], 1)
-        pos = torch.cat([keep, P + torch.arange(end)])[None].expand(B, -1)
-        n = len(keep) + end
-        allowed = torch.zeros(n, n, dtype=torch.bool)
-        for r in range(n):
-            for c in range(r + 1):
-                if c < len(keep):
-                    lim = int(lev[keep[r]]) if r < len(keep) else int(lay.pos_step[r - len(keep)])
-                    allowed[r, c] = int(lev[keep[c]]) <= lim
-                else:
-                    allowed[r, c] = True
-        mask = torch.zeros(B, 1, n, n).masked_fill(~allowed, torch.finfo(torch.float32).min)
-        h = body(inputs_embeds=x, attention_mask=mask, position_ids=pos).last_hidden_state
-        ref = m.backbone.logits(h[:, -1])
-        torch.testing.assert_close(ref, full[:, t], atol=1e-5, rtol=1e-5)
-    # negative control: without the progressive masks the level > 0 tokens do change step 0
-    m2 = model_with("decoder_lm", queries="1-2-2", seed=2, progressive=False)
-    other = hist.tokens.clone()
-    other[hist.levels > 0] = torch.flip(other[hist.levels > 0], [0])
-    h2 = type(hist)(other, hist.mask, hist.levels, hist.slots, hist.items)
-    assert not torch.allclose(m2(hist, tg).logits[:, 0], m2(h2, tg).logits[:, 0], atol=1e-4)
-    torch.testing.assert_close(m(hist, tg).logits[:, 0], m(h2, tg).logits[:, 0], atol=1e-5, rtol=1e-5)
 
 
 # ---- diversity loss --------------------------------------------------------------------------
@@ -262,7 +187,7 @@ def test_train_checkpoint_roundtrip(registry):
         registry, "synth-random", parents=[ds_art.ref], params={})
     art = save_checkpoint(registry, "synth-care", model, cb_art.ref, ds_art.ref, {})
     assert art.meta["heads"] == ["care"]
-    loaded, cb, _ = load_checkpoint(registry, art.ref)
+    loaded, _cb, _ = load_checkpoint(registry, art.ref)
     assert loaded.heads[0].config() == model.heads[0].config()
     torch.testing.assert_close(loaded.heads[0].queries, model.heads[0].queries)
     hist = model.encode_history([[1, 2], [3]])
