@@ -28,6 +28,15 @@ def _model(n_items=12, max_items=4, seed=0, **cfg):
     return GenerativeRecommender(tiny_backbone("tiger", vocab), [head], max_items=max_items), head
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models decode faster on one thread (and do not fight the box's other jobs for cores)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _batch(model, rows, targets):
     return model.encode_history(rows), model.vocab.encode_targets(np.asarray(targets))
 
@@ -145,7 +154,20 @@ def _synth_model(ds, emb, **cfg):
     return GenerativeRecommender(tiny_backbone("tiger", vocab), [head], max_items=ds.max_history), head
 
 
-def test_rar_appends_neighbours_and_excludes_target_holders(synth):
+def _id_view_neighbours(head, r, hist, user, z, v):
+    """§3.3 by hand: BM25 top-z ∪ faiss top-z, users of both paths first, then by cosine of the ID-view q."""
+    from components.retrieval.retriever import union
+
+    a, c, _ = r.candidates(history=hist, z=z, exclude_user=user)
+    cands = union(a, c).tolist()
+    reps = F.normalize(head.neighbor_representations([r.train_histories[u][-head.model.max_items:] for u in cands]), dim=-1)
+    q = F.normalize(head.neighbor_representations([hist]), dim=-1)[0]
+    cos = (reps @ q).tolist()
+    both = set(a.tolist()) & set(c.tolist())
+    return [u for _, _, u in sorted((u not in both, -cs, u) for u, cs in zip(cands, cos))][:v]
+
+
+def test_rar_appends_neighbours(synth):
     ds, emb, r = synth
     model, head = _synth_model(ds, emb, v=3, z=6, rar_active=True)
     head.set_retriever(r)
@@ -156,24 +178,97 @@ def test_rar_appends_neighbours_and_excludes_target_holders(synth):
     S = hist.tokens.shape[1]
     assert ctx.states.shape[1] == S + 3 and ctx.mask[:, S:].all() and (ctx.levels[:, S:] == -1).all()
     # the appended states are the neighbours' cached representations + the neighbour-type vector
-    nb = r.similar_users(history=rows[0], z=6, v=3)
-    want = head.neighbor_representations([r.train_histories[n.user][-ds.max_history:] for n in nb], keys=[("u", n.user) for n in nb])
+    nb = _id_view_neighbours(head, r, rows[0], None, z=6, v=3)
+    want = head.neighbor_representations([r.train_histories[u][-ds.max_history:] for u in nb], keys=[("u", u) for u in nb])
     assert torch.allclose(ctx.states[0, S:], want + head.nbr_type, atol=1e-5)
     assert len(head.rep_cache) >= 3 and head.rep_cache.hits > 0
-    # training: users holding the target are excluded
-    model.train()
-    tg = model.vocab.encode_targets(np.array([3, 7]))
-    head._nbr_cache.clear()
-    model(hist, tg)
-    for (h, ex), users in head._nbr_cache.items():
-        assert ex in (3, 7)
-        assert all(ex not in r.train_histories[u] for u in users)
     # decoding works with the augmentation
     from components.generator.decoding import SIDTrie, constrained_beam_search
 
     trie = SIDTrie(model.vocab.sids, [3, 4, 2])
     res = constrained_beam_search(model.eval(), hist, trie, beam=5, k=5)
     assert (res.items >= 0).all()
+
+
+def test_rar_neighbours_same_at_finetuning_and_ranking_and_never_the_query_user(synth, one_thread):
+    """Issue #15 (4): training banned every holder of the target, ranking banned no one (so a user
+    retrieved itself). Both now exclude exactly the query user (the index holds only training
+    interactions, so only the user's own indexed history holds its target)."""
+    from components.generator.decoding import SIDTrie
+    from components.generator.ranking import rank_histories
+
+    ds, emb, r = synth
+    model, head = _synth_model(ds, emb, v=3, z=6, rar_active=True)
+    head.set_retriever(r)
+    tr = ds.splits["train"]
+    sel = np.arange(0, len(tr), max(1, len(tr) // 4))[:4]
+    users, hrows, tgts = tr.user[sel], tr.history[sel], tr.target[sel]
+    assert all(int(t) in r.train_histories[int(u)] for u, t in zip(users, tgts))  # the user's own index row holds the target
+    model.train()  # fine-tuning: the Trainer's forward with the batch's users
+    hist = model.encode_history(hrows)
+    model(hist, model.vocab.encode_targets(tgts), extras={"user": torch.as_tensor(users, dtype=torch.long)})
+    at_finetune = dict(head._nbr_cache)
+    head._nbr_cache.clear()
+    rank_histories(model, SIDTrie(model.vocab.sids, [3, 4, 2]), hrows, k=1, beam=1, users=users)  # ranking the same samples
+    at_ranking = dict(head._nbr_cache)
+    assert len(at_finetune) == len(sel) and at_finetune == at_ranking
+    for (h, u), nb in at_ranking.items():
+        assert u is not None and len(nb) == 3 and u not in nb
+    # the valid split ranked with its users: nobody retrieves itself
+    head._nbr_cache.clear()
+    va = ds.splits["valid"]
+    rank_histories(model, SIDTrie(model.vocab.sids, [3, 4, 2]), va.history[:6], k=1, beam=1, users=va.user[:6])
+    assert {u for (_, u) in head._nbr_cache} == {int(u) for u in va.user[:6]}
+    assert all(u not in nb for (_, u), nb in head._nbr_cache.items())
+
+
+def test_rar_reranks_the_union_of_both_paths_by_id_view_representations(synth, monkeypatch, one_thread):
+    """Issue #15 (2): the BM25 ∪ faiss candidates are re-ranked by the cosine of GenPlugin's ID-view
+    user representations q (Eq. 3), users found by both paths kept first; both paths contribute."""
+    ds, emb, r = synth
+    model, head = _synth_model(ds, emb, v=3, z=4, rar_active=True)
+    head.set_retriever(r)
+    model.eval()
+    hist, me = [3, 4, 5], 0
+    distinct = {}  # one user per distinct (indexed) history: no ties in the cosines
+    for u in range(ds.n_users):
+        distinct.setdefault(tuple(r.train_histories[u][-ds.max_history:]), u)
+    others = [u for u in distinct.values() if u != me]
+    reps = F.normalize(head.neighbor_representations([r.train_histories[u][-ds.max_history:] for u in others]), dim=-1)
+    q = F.normalize(head.neighbor_representations([hist]), dim=-1)[0]
+    cos, order = torch.sort(reps @ q, descending=True)
+    assert (cos[:6].diff() < 0).all() and len(others) > 7
+    by_cos = [others[i] for i in order.tolist()]
+    # BM25 finds the 1st, 3rd, 5th most similar users (ID view), faiss the 2nd, 4th, 6th, and both find the last one
+    a = np.array([by_cos[0], by_cos[2], by_cos[4], by_cos[-1]])
+    c = np.array([by_cos[1], by_cos[3], by_cos[5], by_cos[-1]])
+    calls = []
+    monkeypatch.setattr(r, "candidates", lambda **kw: calls.append(kw) or (a, c, None))
+    st, mk = head.retrieve(torch.tensor([[-1] + hist]), users=[me])
+    got = head._nbr_cache[(tuple(hist), me)]
+    assert got == [by_cos[-1], by_cos[0], by_cos[1]]  # the both-path user first; then BM25's and faiss's best
+    assert calls == [{"history": hist, "z": 4, "exclude_user": me}] and mk.all()
+    # unmocked: the same rule over the real candidates
+    monkeypatch.undo()
+    head._nbr_cache.clear()
+    head.retrieve(torch.tensor([[-1] + hist]), users=[me])
+    assert head._nbr_cache[(tuple(hist), me)] == _id_view_neighbours(head, r, hist, me, z=4, v=3)
+
+
+def test_rep_cache_eviction_cannot_drop_a_value_being_read(synth, one_thread):
+    """Issue #15 (3): capacity 2, cache A and B, then ask for [C, A]: writing C evicted A before A was read (KeyError)."""
+    from components.retrieval.retriever import RepresentationCache
+
+    ds, emb, _ = synth
+    model, head = _synth_model(ds, emb, rar_active=True)
+    model.eval()
+    A, B, C = [0, 1, 2], [3, 4], [5, 6, 7]
+    fresh = head.neighbor_representations([A, B, C], model_ref="fresh")  # reference values (big cache)
+    head.rep_cache = RepresentationCache(capacity=2)
+    head.neighbor_representations([A, B], model_ref="m")
+    got = head.neighbor_representations([C, A], model_ref="m")
+    assert torch.allclose(got, fresh[[2, 0]], atol=1e-6)
+    assert len(head.rep_cache) == 2 and head.rep_cache.hits == 1
 
 
 def test_rar_neighbour_extras_hook(synth):
@@ -250,16 +345,24 @@ def test_cli_train_rank_two_stages_and_checkpoint_roundtrip(registry, synth, tmp
     m = json.loads((tmp_path / "m.json").read_text())
     stages = [h["stage"] for h in m["history"]]
     assert stages == ["pretrain"] * (len(stages) - 1) + ["rar"] and m["genplugin.rar_fallback"] is False
+    # both stages' valid NDCG@10 reported; the better one kept (augmentation on only if the RAR stage was kept)
+    kept_rar = m["rar.kept"] == "rar"
+    assert m["rar.kept"] in ("rar", "pretrain") and m["valid.ndcg@10"] == max(m["rar.valid.ndcg@10_before"], m["rar.valid.ndcg@10_after"])
     model, cb, art = load_checkpoint(registry, "generator/synth-gp@latest")
     head = model.heads[0]
     cfg = art.load_json("config.json")["heads"][0]
-    assert cfg["rar_active"] and cfg["embeddings"] == e_art.ref and cfg["retrieval_index"].startswith("retrieval-index/synth@")
+    assert cfg["rar_active"] == kept_rar and cfg["embeddings"] == e_art.ref and cfg["retrieval_index"].startswith("retrieval-index/synth@")
     assert torch.allclose(head.item_text, torch.from_numpy(emb))  # frozen text table restored
     state = art.load_safetensors("model.safetensors")
     assert torch.equal(head.proj[0].weight, state["heads.0.proj.0.weight"])
     assert torch.equal(head.nbr_type, state["heads.0.nbr_type"])
-    ctx = model.context(model.encode_history([[0, 1, 2]]))
-    assert ctx.states.shape[1] > 3 * 3 + 1 and not head.rar_fallback  # augmentation active after loading
+    one = model.encode_history([[0, 1, 2]])
+    S = one.tokens.shape[1]
+    ctx = model.context(one)
+    assert ctx.states.shape[1] == S + (3 if kept_rar else 0) and not head.rar_fallback  # augmentation (v = 3) as saved
+    head.p.rar_active = True  # the pinned index loads from the registry either way
+    ctx = model.context(one)
+    assert ctx.states.shape[1] == S + 3 and not head.rar_fallback
     assert main(base + ["rank", "--checkpoint", "generator/synth-gp@latest", "--no-progress"]) == 0
     # embeddings of another dataset version are refused at train time
     other = save_embeddings(registry, emb, "dataset/synth@other", "synth-x", "random", {})
@@ -286,3 +389,247 @@ def test_second_stage_without_index_is_flagged_not_fatal():
     # rar: false (ablation) never fine-tunes and never warns
     _, h2 = _model(rar=False)
     assert h2.second_stage(res, lambda tp, tag: pytest.fail("must not fine-tune"), TrainParams()) is res
+
+
+# ---- issue #15: what the RAR stage trains, which checkpoint it keeps, the loss weights --------------
+def _frozen_names(model):
+    return [n for n, _ in model.named_parameters()
+            if n.startswith(("backbone.t5.encoder.", "backbone.t5.shared.", "heads.0.proj.", "heads.0.pos.", "heads.0.lan_encoder."))]
+
+
+def test_freeze_encoders_freezes_exactly_the_encoders_and_pins_eval():
+    model, head = _model()
+    frozen = head.freeze_encoders()
+    assert sorted(frozen) == sorted(_frozen_names(model)) and frozen
+    trainable = {n for n, q in model.named_parameters() if q.requires_grad}
+    assert trainable == {n for n, _ in model.named_parameters() if n not in frozen}
+    assert "heads.0.nbr_type" in trainable and any(n.startswith("backbone.t5.decoder.block.") for n in trainable)
+    assert model.backbone.t5.lm_head.weight is model.backbone.t5.shared.weight  # tied output layer: frozen with the table
+    model.train()
+    enc = model.backbone.t5.get_encoder()
+    assert not enc.training and not head.lan_encoder.training and not head.proj.training and model.backbone.t5.decoder.training
+    head.unfreeze_encoders()
+    model.train()
+    assert enc.training and head.lan_encoder.training and all(q.requires_grad for q in model.parameters())
+
+
+def _stage_trainer(model, ds, tp):
+    from components.generator.decoding import SIDTrie
+    from components.generator.train import Trainer
+
+    return Trainer(model, ds, SIDTrie(model.vocab.sids, [3, 4, 2]), tp, seed=0, eval_beam=2, progress=False)
+
+
+def test_rar_stage_trains_only_the_decoder_with_frozen_parts_in_eval_mode(synth, monkeypatch, one_thread):
+    """Issue #15 (5): the paper fine-tunes the decoder with the encoder frozen; frozen modules must run
+    in eval mode for the target user too (as for the cached neighbours)."""
+    from components.generator.model import state_dict_for_save
+    from components.generator.params import TrainParams
+    from components.generator.train import TrainResult
+
+    ds, emb, r = synth
+    model, head = _synth_model(ds, emb, v=2, z=4, finetune_epochs=1)
+    head.set_retriever(r)
+    before = state_dict_for_save(model)
+    seen: dict[str, set] = {}
+    mods = {"encoder": model.backbone.t5.get_encoder(), "lan_encoder": head.lan_encoder, "proj": head.proj,
+            "decoder": model.backbone.t5.get_decoder()}
+    for name, mod in mods.items():
+        mod.register_forward_pre_hook(lambda m, a, name=name: seen.setdefault(name, set()).add(m.training))
+    asked = []
+    orig = r.candidates
+
+    def spy(user=None, history=None, z=20, exclude_item=None, exclude_user=None):
+        out = orig(user, history, z, exclude_item, exclude_user)
+        asked.append((exclude_user, out))
+        return out
+
+    monkeypatch.setattr(r, "candidates", spy)
+    pre = TrainResult(best_state=before, history=[{"epoch": 1}], best_epoch=1, best_valid={"ndcg@10": -1.0}, epochs_run=1,
+                      stopped_early=False, samples_per_s=1.0, train_seconds=1.0)
+    tp = TrainParams(epochs=1, batch_size=8, max_steps_per_epoch=2, valid_samples=2, lr=0.05, warmup_steps=0, device="cpu",
+                     bf16=False, resume=False, num_threads=1)
+    seen.clear()
+    res = head.second_stage(pre, lambda tp2, tag: _stage_trainer(model, ds, tp2), tp)
+    # frozen modules ran in eval mode only (the decoder did train)
+    assert seen["encoder"] == {False} and seen["lan_encoder"] == {False} and seen["proj"] == {False}
+    assert True in seen["decoder"]
+    after = state_dict_for_save(model)
+    frozen = set(_frozen_names(model))
+    assert all(torch.equal(before[n], after[n]) for n in frozen)
+    changed = {n for n in after if not torch.equal(before[n], after[n])}
+    assert "heads.0.nbr_type" in changed and any(n.startswith("backbone.t5.decoder.") for n in changed)
+    assert changed.isdisjoint(frozen)
+    assert res.extra["rar.kept"] == "rar" and head.p.rar_active  # (valid "before" was -1: the stage is kept)
+    # the Trainer's batches and its validation exclude each sample's user, who is never its own neighbour
+    assert asked and all(u is not None and u not in set(a.tolist()) | set(c.tolist()) for u, (a, c, _) in asked)
+    model.train()  # after the stage train()/eval() and requires_grad are normal again
+    assert model.backbone.t5.get_encoder().training and all(q.requires_grad for q in model.parameters())
+
+
+def _fake_trainer(model, ndcg_after):
+    from components.generator.model import state_dict_for_save
+    from components.generator.train import TrainResult
+
+    class Fake:
+        def fit(self):
+            with torch.no_grad():
+                for n, q in model.named_parameters():
+                    if q.requires_grad:
+                        q.add_(0.5)  # "training" moved the trainable weights
+            return TrainResult(best_state=state_dict_for_save(model), history=[{"epoch": 1, "valid.ndcg@10": ndcg_after}],
+                               best_epoch=1, best_valid={"ndcg@10": ndcg_after}, epochs_run=1, stopped_early=False,
+                               samples_per_s=1.0, train_seconds=1.0)
+
+    return Fake()
+
+
+@pytest.mark.parametrize("after, kept", [(0.1, "pretrain"), (0.3, "rar"), (0.5, "rar")])
+def test_rar_stage_keeps_the_better_checkpoint_on_valid(synth, after, kept):
+    """Issue #15 (6): a RAR stage that lowers valid NDCG@10 must not replace the pre-trained weights."""
+    from components.generator.model import state_dict_for_save
+    from components.generator.params import TrainParams
+    from components.generator.train import TrainResult
+
+    ds, emb, r = synth
+    model, head = _synth_model(ds, emb, v=2, z=4, finetune_epochs=1)
+    head.set_retriever(r)
+    pre_state = state_dict_for_save(model)
+    pre = TrainResult(best_state=pre_state, history=[{"epoch": 1}], best_epoch=1, best_valid={"ndcg@10": 0.3}, epochs_run=1,
+                      stopped_early=False, samples_per_s=1.0, train_seconds=1.0)
+    res = head.second_stage(pre, lambda tp, tag: _fake_trainer(model, after), TrainParams())
+    assert res.extra["rar.valid.ndcg@10_before"] == 0.3 and res.extra["rar.valid.ndcg@10_after"] == after
+    assert res.extra["rar.kept"] == kept and res.best_valid["ndcg@10"] == max(0.3, after)
+    assert [h["stage"] for h in res.history] == ["pretrain", "rar"]
+    now = state_dict_for_save(model)
+    same = all(torch.equal(pre_state[k], now[k]) for k in now)
+    saved_same = all(torch.equal(pre_state[k], res.best_state[k]) for k in now)
+    if kept == "pretrain":  # the pre-trained weights, without augmentation (as validated)
+        assert same and saved_same and not head.p.rar_active and not model.config_dict()["heads"][0]["rar_active"]
+    else:
+        assert not same and not saved_same and head.p.rar_active
+
+
+def test_loss_weights_lambda_item_user_kl_lan_are_applied(one_thread):
+    """Eq. 6: each auxiliary loss is its λ times its term (non-default λs so that a dropped or
+    hard-coded weight shows)."""
+    lam = {"lambda_lan": 0.5, "lambda_item": 0.3, "lambda_user": 0.7, "lambda_kl": 0.2}
+    model, head = _model(phi=0.9, **lam)
+    hist, t = _batch(model, [[0, 1], [2, 3, 4], [5], [6, 7]], [8, 9, 10, 11])
+    model.train()
+    torch.manual_seed(0)
+    out = model(hist, t)
+    lan = out.ctx.extras["genplugin.lan"]
+    l_item, l_user = head.alignment_losses(out.ctx, lan["h"], lan["valid"])
+    kl = symmetric_kl(lan["logits"], out.logits, 0.9)
+    ce = F.cross_entropy(lan["logits"].float().reshape(-1, lan["logits"].shape[-1]), t.reshape(-1))
+    assert float(l_item) > 0.05 and float(l_user) > 0.05 and float(kl) > 1e-4
+    assert out.losses["genplugin.item"].item() == pytest.approx(0.3 * l_item.item(), rel=1e-5)
+    assert out.losses["genplugin.user"].item() == pytest.approx(0.7 * l_user.item(), rel=1e-5)
+    assert out.losses["genplugin.kl"].item() == pytest.approx(0.2 * kl.item(), rel=1e-5)
+    assert out.losses["genplugin.lan"].item() == pytest.approx(0.5 * ce.item(), rel=1e-5)
+
+
+def _ctx(states, levels, slots, items):
+    from components.generator.heads.base import Context
+
+    st = torch.tensor(states, dtype=torch.float32)
+    lv, sl = torch.tensor(levels), torch.tensor(slots)
+    return Context(st, lv >= -1, lv, sl, st, {"items": torch.tensor(items)})
+
+
+def test_user_representation_is_the_mean_over_item_tokens_hand_computed():
+    """q_u (Eq. 3): average pooling of C_u over the history's item-token positions (not the last position, not EOS/padding)."""
+    ctx = _ctx(states=[[[9.0, 9.0], [1.0, 0.0], [3.0, 4.0], [50.0, -50.0]],  # pad, item 0 (2 tokens), EOS
+                       [[1.0, 2.0], [3.0, 0.0], [2.0, 2.0], [7.0, 7.0]]],  # item 2 (2 tokens), item 3 (1 token), EOS
+               levels=[[-1, 0, 1, -1], [0, 1, 0, -1]], slots=[[-1, 0, 0, -1], [0, 0, 1, -1]], items=[[-1, 0], [2, 3]])
+    q = GenPluginHead.user_representation(ctx)
+    # row 0: ([1,0] + [3,4]) / 2; row 1: ([1,2] + [3,0] + [2,2]) / 3
+    assert torch.allclose(q, torch.tensor([[2.0, 2.0], [2.0, 4.0 / 3.0]]))
+
+
+def test_alignment_losses_hand_computed():
+    """L_item (Eq. 2: g_i = Σ_r c_i^(r) vs h_i) and L_user (Eq. 3: mean-pooled p_u vs q_u), τ = 0.5, on 2 users × 1 item."""
+    model, head = _model(tau=0.5)
+    # user 0: item 5 with tokens c = [1,0], [1,0] → g = [2,0], q = [1,0]; EOS [9,-9] ignored
+    # user 1: item 7 with tokens c = [0,1], [2,1] → g = [2,2], q = [1,1]; (last token would be [2,1])
+    ctx = _ctx(states=[[[1.0, 0.0], [1.0, 0.0], [9.0, -9.0]], [[0.0, 1.0], [2.0, 1.0], [9.0, -9.0]]],
+               levels=[[0, 1, -1], [0, 1, -1]], slots=[[0, 0, -1], [0, 0, -1]], items=[[5], [7]])
+    h = torch.tensor([[[1.0, 0.0]], [[0.0, 3.0]]])  # language states h_5, h_7 (and p_u: one item each)
+    valid = torch.tensor([[True], [True]])
+    l_item, l_user = head.alignment_losses(ctx, h, valid)
+    c = 1 / math.sqrt(2)
+
+    def nce(S):  # -mean_i log softmax_j(S_ij / τ)[i] for a 2×2 cosine matrix
+        return sum(-math.log(math.exp(S[i][i] / 0.5) / sum(math.exp(S[i][j] / 0.5) for j in range(2))) for i in range(2)) / 2
+
+    # cos(h_i, g_j): h_5=[1,0], h_7=[0,1]; g_5=[1,0], g_7=[c,c]
+    hg = [[1.0, c], [0.0, c]]
+    gh = [[1.0, 0.0], [c, c]]
+    assert l_item.item() == pytest.approx(nce(hg) + nce(gh), rel=1e-5)
+    # p_u = h (one item each); q_0 = mean([1,0],[1,0]) = [1,0], q_1 = mean([0,1],[2,1]) = [1,1] (∝ g with one item
+    # per user, so the same cosines; pooling the last token [2,1] or EOS [9,-9] would change them)
+    assert l_user.item() == pytest.approx(nce(hg) + nce(gh), rel=1e-5)
+
+
+def test_service_asks_retrieval_for_the_checkpoints_v_and_z(synth, one_thread):
+    """Issue #15 (7): the generator service asked the retrieval service for its default v (retrieval.v)
+    while the head was fine-tuned with its own v: the checkpoint's z / v must be asked for and used."""
+    from types import SimpleNamespace
+
+    from components.generator.recommend import Recommender
+    from components.generator.service import GeneratorService, Limits
+    from components.serving.pb.genrec.v1 import generator_pb2
+    from components.tokenizer.codebook import Codebook
+
+    ds, emb, r = synth
+    model, head = _synth_model(ds, emb, v=2, z=4, rar_active=True)
+    cb = Codebook(sids=model.vocab.sids, sizes=[3, 4, 2], item_ids=ds.item_ids, method="random")
+    rec = Recommender(model.eval(), cb, np.ones(ds.n_items))
+
+    class FakeRetrieval:  # a retrieval service with default v = 10 that answers 10 users unless told otherwise
+        def __init__(self):
+            self.calls = []
+
+        def similar_users(self, history=None, user_id=None, v=0, z=0, exclude_user=None):
+            self.calls.append({"history": history, "user_id": user_id, "v": v, "z": z, "exclude_user": exclude_user})
+            return [SimpleNamespace(user_id=ds.user_ids[u], item_ids=[ds.item_ids[i] for i in r.train_histories[u]], path="")
+                    for u in range(1, 1 + (v or 10))]
+
+    fake = FakeRetrieval()
+    seen = []
+    orig = rec.recommend
+    rec.recommend = lambda histories, **kw: seen.append(kw.get("neighbors")) or orig(histories, **kw)
+    gen = GeneratorService(rec, "generator/x@1", limits=Limits(max_k=24, max_beam=50), retrieval=fake)
+    req = generator_pb2.RecommendRequest(history=ds.item_ids[3:6], k=3, beam=3, user_id="u0", heads=generator_pb2.HeadOptions(use_retrieval=True))
+    out = gen._recommend_group([req])[0]
+    assert out.retrieval_used and len(out.item_ids) == 3
+    # the checkpoint's z, all 2z candidates; the history is the query, minus its user
+    assert [(c["v"], c["z"]) for c in fake.calls] == [(8, 4)]
+    assert fake.calls[0]["history"] == ds.item_ids[3:6] and fake.calls[0]["exclude_user"] == "u0"
+    # the head keeps its v = 2 of them by its ID-view re-rank (unlabelled paths: one path, by cosine)
+    cand = [r.train_histories[u] for u in range(1, 9)]
+    reps = F.normalize(head.neighbor_representations(cand, model_ref="generator/x@1"), dim=-1)
+    q = F.normalize(head.neighbor_representations([[3, 4, 5]], model_ref="other"), dim=-1)[0]
+    best = torch.argsort(reps @ q, descending=True)[:2].tolist()
+    assert seen[-1] == [[[ds.item_ids[i] for i in cand[k]] for k in best]]
+    # neighbours handed in directly are cut to the head's v as well
+    ex = head.neighbor_extras([[[1, 2], [3], [4, 5], [6]]])
+    assert ex[EXTRA_NBR_STATES].shape == (1, 2, D) and ex[EXTRA_NBR_MASK].all()
+
+
+def test_recommender_own_retrieval_excludes_the_requesting_user(synth, one_thread):
+    """Issue #15 (4) at serving: with the head's own retrieval, a request's user (external id) is
+    excluded like in training and ranking; unknown or missing users exclude no one."""
+    from components.generator.recommend import Recommender
+    from components.tokenizer.codebook import Codebook
+
+    ds, emb, r = synth
+    model, head = _synth_model(ds, emb, v=2, z=4, rar_active=True)
+    head.set_retriever(r)
+    rec = Recommender(model.eval(), Codebook(sids=model.vocab.sids, sizes=[3, 4, 2], item_ids=ds.item_ids, method="random"))
+    own = [ds.item_ids[i] for i in r.train_histories[0][-ds.max_history:]]
+    rec.recommend([own, own], k=2, beam=2, users=["u0", "somebody-new"])
+    keys = set(head._nbr_cache)
+    hist = tuple(r.train_histories[0][-ds.max_history:])
+    assert keys == {(hist, 0), (hist, None)} and 0 not in head._nbr_cache[(hist, 0)]

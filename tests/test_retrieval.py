@@ -137,3 +137,123 @@ def test_representation_cache_invalidates_on_model_change():
     cache.get("m2", "b", lambda: compute(4))
     cache.get("m2", "c", lambda: compute(5))
     assert len(cache) == 2 and calls == [1, 3, 4, 5]
+
+
+def test_representation_cache_get_many_reads_before_it_evicts():
+    """Issue #15 (3): capacity 2 holding A and B, then [C, A]: writing C must not evict A before A is read."""
+    cache = RepresentationCache(capacity=2)
+    computed = []
+
+    def compute(keys):
+        def f(pos):
+            computed.append([keys[i] for i in pos])
+            return [np.array([ord(keys[i])]) for i in pos]
+        return f
+
+    cache.get_many("m", ["A", "B"], compute(["A", "B"]))
+    out = cache.get_many("m", ["C", "A", "C"], compute(["C", "A", "C"]))
+    assert [int(x[0]) for x in out] == [ord("C"), ord("A"), ord("C")]
+    assert computed == [["A", "B"], ["C"]]  # C computed once, A read from the cache
+    assert len(cache) == 2 and list(cache._data) == ["A", "C"]  # B (least recently used) evicted
+    assert cache.get_many("m2", ["A"], compute(["A"]))[0][0] == ord("A") and computed[-1] == ["A"]  # new model: recomputed
+
+
+def _walk(n_users: int = 40, n_items: int = 24):
+    """Users walking a catalog (i → i+1); train = the first 6 steps of 8 (no torch import needed)."""
+    from components.data.dataset import Dataset, Split
+
+    rng = np.random.default_rng(0)
+    seqs = [[int(s + j) % n_items for j in range(8)] for s in rng.integers(n_items, size=n_users)]
+    rows = [(u, q[:t], q[t]) for u, q in enumerate(seqs) for t in range(1, 6)]
+    split = Split.from_lists([x[0] for x in rows], [x[1] for x in rows], [x[2] for x in rows], max_history=4)
+    return Dataset(name="walk", item_ids=[f"i{i}" for i in range(n_items)], item_text=[{"title": f"item {i} kind{i % 3}"} for i in range(n_items)],
+                   user_ids=[f"u{u}" for u in range(n_users)], sequences=seqs, splits={"train": split, "valid": split, "test": split},
+                   max_history=4)
+
+
+def test_history_query_excludes_its_user():
+    """Issue #15 (4): a query by a user's own history retrieves that user unless it is excluded."""
+    ds = _walk()
+    emb = np.random.default_rng(0).normal(size=(ds.n_items, 8)).astype(np.float32)
+    r = UserRetriever.build(ds, emb, fields=("title",))
+    hits = 0
+    for u in range(0, 40, 5):
+        hist = r.train_histories[u]
+        hits += u in {n.user for n in r.similar_users(history=hist, z=6, v=3)}
+        by_idx = r.similar_users(history=hist, z=6, v=3, exclude_user=u)
+        by_id = r.similar_users(history=hist, z=6, v=3, exclude_user=ds.user_ids[u])
+        assert len(by_idx) == 3 and u not in {n.user for n in by_idx}
+        assert [n.user for n in by_idx] == [n.user for n in by_id] == [n.user for n in r.similar_users(user=u, z=6, v=3)]
+    assert hits > 0  # without the exclusion the owner finds itself
+    with pytest.raises(RetrievalError, match="unknown user"):
+        r.similar_users(history=[0, 1], exclude_user="nobody")
+
+
+def _tiny_sasrec(n_items: int, seed: int = 0):
+    import torch
+
+    from components.evaluation.baselines.sasrec import SASRec, SASRecConfig
+
+    torch.manual_seed(seed)
+    return SASRec(SASRecConfig(n_items=n_items, max_len=6, d_model=8, n_layers=1, n_heads=1, dropout=0.0)).eval()
+
+
+def test_sasrec_user_vectors_on_the_collaborative_path(registry):
+    """Issue #15 (1): ``retrieval.user_vectors: sasrec`` — faiss searches SASRec user states g_u (the
+    last position's output), and a raw-history query is encoded by the same SASRec; item-mean stays
+    the default."""
+    from components.params import Params
+    from components.retrieval.vectors import normalize
+
+    assert Params().retrieval.user_vectors == "item-mean"
+    ds = _walk()
+    emb = np.random.default_rng(0).normal(size=(ds.n_items, 8)).astype(np.float32)
+    sas = _tiny_sasrec(ds.n_items)
+    r = UserRetriever.build(ds, emb, fields=("title",), sasrec=sas, dataset_ref="dataset/walk@x")
+    train = ds.train_sequences()
+    np.testing.assert_allclose(r.user_vectors, normalize(sas.encode(train)), atol=1e-5)
+    hist = [3, 4, 5]
+    g = normalize(sas.encode([hist]))[0]
+    np.testing.assert_allclose(r.history_vector(hist), g, atol=1e-5)
+    item_mean = normalize(normalize(emb)[hist].mean(0, keepdims=True))[0]  # mean of the normalised item vectors
+    assert not np.allclose(r.history_vector(hist), item_mean, atol=1e-3)
+    want = [u for u in np.argsort(-(r.user_vectors @ g), kind="stable") if u != 7][:5]  # exact cosine top-5 without user 7
+    got = r.cf_top(r.history_vector(hist), 5, r.banned(7, None))
+    np.testing.assert_allclose((r.user_vectors @ g)[got], (r.user_vectors @ g)[want], atol=1e-6)
+    # the index stores the SASRec: a reloaded index answers raw-history queries the same way
+    art = r.save(registry, "walk", parents=[], params={})
+    back = UserRetriever.from_artifact(registry.load(art.ref))
+    assert back.user_vectors_kind == "sasrec" and art.load_json("retrieval.json")["user_vectors"] == "sasrec"
+    np.testing.assert_allclose(back.history_vector(hist), g, atol=1e-5)
+    assert [n.user for n in back.similar_users(history=hist, z=6, v=4)] == [n.user for n in r.similar_users(history=hist, z=6, v=4)]
+    # item-mean index: no SASRec stored
+    plain = UserRetriever.build(ds, emb, fields=("title",))
+    np.testing.assert_allclose(plain.history_vector(hist), item_mean, atol=1e-6)
+    assert UserRetriever.from_artifact(registry.load(plain.save(registry, "walk-plain", [], {}).ref)).query_encoder is None
+
+
+def test_cli_build_with_sasrec_user_vectors(registry, capsys):
+    from components.cli import main
+    from components.registry import ArtifactIncompatible
+    from components.tokenizer.encoders import save_embeddings
+
+    ds = _walk()
+    dart = ds.save(registry)
+    save_embeddings(registry, np.random.default_rng(0).normal(size=(ds.n_items, 8)).astype(np.float32), dart.ref, "walk", "random", {})
+    sas = _tiny_sasrec(ds.n_items)
+    mart = sas.save(registry, "walk-sasrec", parents=[dart.ref], params={})
+    base = ["--registry", str(registry.root), "--set", "data.dataset=walk", "--set", "retrieval.fields=[title]",
+            "--set", "retrieval.z=5", "--set", "retrieval.v=3"]
+    assert main(base + ["--set", "retrieval.user_vectors=sasrec", "retrieval", "build"]) == 0
+    assert "over sasrec user vectors" in capsys.readouterr().out
+    art = registry.load("retrieval-index/walk@latest")
+    assert mart.ref in art.manifest.parents and art.meta["user_vectors"] == "sasrec"
+    r = UserRetriever.from_artifact(art)
+    np.testing.assert_allclose(r.history_vector([1, 2]), sas.encode([[1, 2]])[0] / np.linalg.norm(sas.encode([[1, 2]])[0]), atol=1e-5)
+    assert main(base + ["retrieval", "query", "--history", "i1", "i2"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 3
+    # a SASRec trained on another dataset is refused
+    other = sas.save(registry, "other-sasrec", parents=["dataset/other@y"], params={})
+    assert main(base + ["--set", "retrieval.user_vectors=sasrec", "--set", f"retrieval.sasrec_model={other.ref}", "retrieval", "build"]) == 2
+    assert "was not trained on" in capsys.readouterr().err
+    _ = ArtifactIncompatible

@@ -62,3 +62,17 @@ def test_health_and_still_serving_after_errors(stub):
     assert h.Check(health_pb2.HealthCheckRequest(service="genrec.v1.Retrieval"), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
     r = s.SimilarUsers(retrieval_pb2.SimilarUsersRequest(history=retrieval_pb2.History(item_ids=ds.item_ids[5:8]), v=3), timeout=10)
     assert len(r.users) == 3
+
+
+def test_history_query_excludes_the_given_user(stub):
+    """Issue #15 (4): the generator service queries by the request's history and excludes its user."""
+    s, _, ds = stub
+    train = ds.train_sequences()
+    u = next(u for u, h in enumerate(train) if len(h) >= 3)
+    hist = retrieval_pb2.History(item_ids=[ds.item_ids[i] for i in train[u]])
+    plain = s.SimilarUsers(retrieval_pb2.SimilarUsersRequest(history=hist, v=5), timeout=10)
+    assert ds.user_ids[u] in {n.user_id for n in plain.users}  # its own indexed history matches best
+    r = s.SimilarUsers(retrieval_pb2.SimilarUsersRequest(history=hist, v=5, exclude_user=ds.user_ids[u]), timeout=10)
+    assert len(r.users) == 5 and ds.user_ids[u] not in {n.user_id for n in r.users}
+    r = s.SimilarUsers(retrieval_pb2.SimilarUsersRequest(history=hist, v=5, exclude_user="a-new-user"), timeout=10)
+    assert [n.user_id for n in r.users] == [n.user_id for n in plain.users]  # an unknown user: nothing to drop

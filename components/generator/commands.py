@@ -225,7 +225,7 @@ def rank_generator(registry, gp, checkpoint_ref: str, *, dataset_ref: str | None
         sp = ds.splits[split]
         n = len(sp) if gp.decode.max_samples == 0 else min(len(sp), gp.decode.max_samples)
         topk, scores = rank_histories(model, trie, sp.history[:n], k=k, beam=beam, batch_size=gp.decode.batch_size,
-                                      progress=progress, desc=split)
+                                      progress=progress, desc=split, users=sp.user[:n])
         arrays.update({f"{split}_topk": topk, f"{split}_scores": scores, f"{split}_targets": sp.target[:n].astype(np.int32)})
         metrics[split] = {"n": n, **accuracy(topk, sp.target[:n], ks=(5, 10))}
         print(f"{split}: n={n} " + " ".join(f"{m}={v:.4f}" for m, v in metrics[split].items() if m != "n"))

@@ -98,7 +98,7 @@ class GenerativeRecommender(nn.Module):
     # ---- training -------------------------------------------------------------------------
     def forward(self, hist: EncodedHistory, targets: torch.Tensor, weights: torch.Tensor | None = None,
                 extras: dict[str, Any] | None = None) -> ForwardOutput:
-        ctx = self.context(hist, {"targets": targets, **(extras or {})})  # heads may read the targets (GenPlugin: leak exclusion)
+        ctx = self.context(hist, {"targets": targets, **(extras or {})})  # heads may read the targets and extras (e.g. "user")
         B, L = targets.shape
         prev = torch.cat([torch.full((B, 1), BOS, dtype=torch.long, device=targets.device), targets[:, :-1]], dim=1)
         tok_emb = self.backbone.embed(prev)

@@ -17,6 +17,7 @@ import torch
 from components.generator.checkpoint import load_checkpoint
 from components.generator.decoding import SIDTrie, constrained_beam_search
 from components.generator.errors import GeneratorError, UnknownItemsError
+from components.generator.heads.base import EXTRA_USER
 from components.generator.model import GenerativeRecommender
 from components.tokenizer.codebook import Codebook
 
@@ -82,10 +83,12 @@ class Recommender:
         return None
 
     def recommend(self, histories: list[list[str]], k: int = 10, beam: int = 20, skip_unknown: bool = False,
-                  neighbors: list[list[list[str]]] | None = None, model_ref: str | None = None) -> Recommendations:
+                  neighbors: list[list[list[str]]] | None = None, model_ref: str | None = None,
+                  users: list[str | None] | None = None) -> Recommendations:
         """``neighbors[i]``: the histories (external item ids) of request ``i``'s retrieved users, for a
         model with a retrieval head (given by a retrieval service; ``[]`` = answer without augmentation).
-        ``None`` leaves retrieval to the head itself (the index its checkpoint pins)."""
+        ``None`` leaves retrieval to the head itself (the index its checkpoint pins); then ``users[i]``
+        (an external user id, or None) is excluded from request ``i``'s neighbours, as in training."""
         n_items = len(self.item_ids)
         if k < 1 or k > n_items:
             raise GeneratorError(f"k must be in [1, {n_items}] (the catalog size), got {k}")
@@ -107,6 +110,9 @@ class Recommender:
             if head is not None:
                 nbr = [[[self.index[x] for x in h if x in self.index] for h in neighbors[i]] for i in sel]
                 extras = head.neighbor_extras(nbr, model_ref=model_ref)
+            elif users is not None and (rh := self.retrieval_head()) is not None:
+                idx_u = rh.user_indices([users[i] for i in sel])
+                extras = {EXTRA_USER: torch.tensor(idx_u, dtype=torch.long, device=self.device)}
             res = constrained_beam_search(self.model, hist, self.trie, beam=beam, k=k, extras=extras)
             idx[sel] = res.items.cpu().numpy()
             scores[sel] = res.scores.cpu().numpy()

@@ -12,6 +12,9 @@
 - **Retrieval**: with ``heads.use_retrieval`` and a retrieval service configured, similar users
   are fetched over gRPC (deadline + retries) and handed to the model's retrieval-aware head; if
   the service is down the answer comes without augmentation and ``retrieval_unavailable`` is set.
+  The service is asked for the checkpoint's ``z`` (not its own default) and for all ``2z``
+  candidates of both paths; the head keeps its checkpoint's ``v`` of them by its ID-view re-rank
+  (:meth:`GenPluginHead.select_neighbors`), the same selection as in training and ranking.
 """
 
 from __future__ import annotations
@@ -126,16 +129,32 @@ class GeneratorService(generator_pb2_grpc.GeneratorServicer):
     def _neighbors(self, req) -> tuple[Any, bool, bool]:
         """(neighbours or None, retrieval_used, retrieval_unavailable). Only a model with a
         retrieval-aware head (GenPlugin) asks the retrieval service."""
-        if not req.heads.use_retrieval or not self.model_uses_retrieval():
+        head = self._rec.retrieval_head()
+        if not req.heads.use_retrieval or head is None:
             return None, False, False
         if self.retrieval is None:
             return None, False, True
-        try:
-            users = self.retrieval.similar_users(history=list(req.history) or None, user_id=req.user_id or None)
+        if not req.history and not req.user_id:
+            return None, False, False  # nothing to query with (the answer is the popularity fallback)
+        try:  # the checkpoint's z; all ≤ 2z candidates of both paths come back and the head keeps its v by
+            # its own ID-view re-rank, as in training and ranking. The request's history is the query and
+            # its user is excluded (user only: the user's indexed history).
+            kw = {"v": 2 * head.p.z, "z": head.p.z}
+            if req.history:
+                users = self.retrieval.similar_users(history=list(req.history), exclude_user=req.user_id or None, **kw)
+            else:
+                users = self.retrieval.similar_users(user_id=req.user_id or None, **kw)
         except Unavailable as e:
             log.warning("retrieval unavailable, answering without augmentation: %s", e)
             return None, False, True
-        return users, True, False
+        index = self._rec.index
+        query = [index[x] for x in req.history if x in index]
+        if not query:  # no history to re-rank against (a user-only request decodes the popularity fallback)
+            return users[: head.p.v], True, False
+        cands = [([index[x] for x in n.item_ids if x in index], n.path) for n in users]
+        with self._head_lock:  # the head's representation cache is not thread-safe
+            keep = head.select_neighbors(query, cands, model_ref=self.model_ref)
+        return [users[k] for k in keep], True, False
 
     def _recommend_group(self, reqs: list[generator_pb2.RecommendRequest]) -> list[generator_pb2.RecommendResponse]:
         checked = [self._check(r) for r in reqs]
@@ -151,7 +170,8 @@ class GeneratorService(generator_pb2_grpc.GeneratorServicer):
                 nbrs = None
                 if any(a[1] or a[2] for a in aug):  # retrieval asked for: its neighbours, or none (flagged)
                     nbrs = [[list(n.item_ids) for n in (a[0] or [])] for a in aug]
-                res = self._decode(histories, k, beam, skip, [reqs[i].skip_unknown for i in part], nbrs)
+                res = self._decode(histories, k, beam, skip, [reqs[i].skip_unknown for i in part], nbrs,
+                                   users=[reqs[i].user_id or None for i in part])
                 for j, i in enumerate(part):
                     out[i] = generator_pb2.RecommendResponse(
                         item_ids=res.item_ids[j],
@@ -164,8 +184,10 @@ class GeneratorService(generator_pb2_grpc.GeneratorServicer):
                     )
         return out  # type: ignore[return-value]
 
-    def _decode(self, histories, k, beam, skip_any, skip_flags, neighbors=None):
+    def _decode(self, histories, k, beam, skip_any, skip_flags, neighbors=None, users=None):
         kw = {"k": k, "beam": beam, "skip_unknown": skip_any, "neighbors": neighbors, "model_ref": self.model_ref}
+        if users is not None and any(users) and self.model_uses_retrieval():
+            kw["users"] = users  # the head's own retrieval excludes the requesting user
         try:
             res = self._call(histories, kw)
         except UnknownItemsError:

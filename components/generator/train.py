@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from components.generator.decoding import SIDTrie
 from components.generator.hardware import threads, use_bf16
+from components.generator.heads.base import EXTRA_USER
 from components.generator.model import GenerativeRecommender, seed_everything, state_dict_for_save
 from components.generator.params import TrainParams
 from components.generator.ranking import accuracy, popularity_weights, rank_histories
@@ -113,6 +114,7 @@ class Trainer:
         ds = self.dataset
         train = ds.splits["train"]
         hist_all, tgt_all = self._encode_split(train)
+        user_all = torch.as_tensor(train.user, dtype=torch.long, device=self.device)  # ctx.extras["user"] (GenPlugin: self-exclusion)
         weights = torch.as_tensor(popularity_weights(ds.train_item_counts(), train.target, p.reweight_power), device=self.device) \
             if p.reweight_power > 0 else None
         item_tokens = model.vocab.item_tokens.to(self.device)
@@ -170,7 +172,7 @@ class Trainer:
                 hist = EncodedHistory(hist_all.tokens[idx], hist_all.mask[idx], hist_all.levels[idx], hist_all.slots[idx], hist_all.items[idx])
                 targets = item_tokens[tgt_all[idx]]
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
-                    out = model(hist, targets, weights=None if weights is None else weights[idx])
+                    out = model(hist, targets, weights=None if weights is None else weights[idx], extras={EXTRA_USER: user_all[idx]})
                     losses = dict(out.losses)
                     for name, (fn, lam) in self.extra_losses.items():
                         losses[name] = lam * fn(model)
@@ -194,7 +196,8 @@ class Trainer:
                                    "lr": sched.get_last_lr()[0], **{f"loss.{k_}": v / steps_per_epoch for k_, v in sums.items()}}
             if (epoch + 1) % p.eval_every == 0 or epoch + 1 == p.epochs:
                 k = min(10, model.vocab.n_items)
-                topk, _ = rank_histories(model, self.trie, valid.history[vidx], k=k, beam=max(self.eval_beam, k), progress=self.progress, desc="valid")
+                topk, _ = rank_histories(model, self.trie, valid.history[vidx], k=k, beam=max(self.eval_beam, k), progress=self.progress,
+                                         desc="valid", users=valid.user[vidx])
                 metrics = accuracy(topk, valid.target[vidx], ks=(5, 10))
                 row.update({f"valid.{m}": v for m, v in metrics.items()})
                 score = metrics.get("ndcg@10", metrics.get("ndcg@5", 0.0))

@@ -35,9 +35,21 @@ def cmd_build(args, ctx) -> int:
     emb = load_embeddings(eart, dataset_ref=dart.ref, n_items=ds.n_items)
     rp = p.retrieval
     index_params = {"hnsw": {"hnsw_m": rp.hnsw_m}, "ivf": {"ivf_nlist": rp.ivf_nlist, "ivf_nprobe": rp.ivf_nprobe}}.get(rp.index, {})
-    r = UserRetriever.build(ds, emb, fields=rp.fields, index_kind=rp.index, k1=rp.k1, b=rp.b, dataset_ref=dart.ref, index_params=index_params)
-    art = r.save(ctx.registry, name, parents=[dart.ref, eart.ref], params={"retrieval": rp.model_dump(mode="json")})
-    print(f"wrote {art.ref}: {r.n_users:,} users, {len(r.bm25.vocab):,} BM25 terms, faiss {rp.index}")
+    parents, sasrec = [dart.ref, eart.ref], None
+    if rp.user_vectors == "sasrec":  # GenPlugin §3.3: the collaborative path searches SASRec user states
+        from components.evaluation.baselines.sasrec import SASRec
+        from components.registry import ArtifactIncompatible
+
+        mart = ctx.registry.load(rp.sasrec_model or f"model/{name}-sasrec@latest")
+        if dart.ref not in mart.manifest.parents:
+            raise ArtifactIncompatible(f"{mart.ref} was not trained on {dart.ref} (parents {mart.manifest.parents}): "
+                                       "run `genrec evaluate baselines` on this dataset or set retrieval.sasrec_model")
+        sasrec = SASRec.from_artifact(mart)
+        parents.append(mart.ref)
+    r = UserRetriever.build(ds, emb, fields=rp.fields, index_kind=rp.index, k1=rp.k1, b=rp.b, dataset_ref=dart.ref,
+                            index_params=index_params, sasrec=sasrec)
+    art = r.save(ctx.registry, name, parents=parents, params={"retrieval": rp.model_dump(mode="json")})
+    print(f"wrote {art.ref}: {r.n_users:,} users, {len(r.bm25.vocab):,} BM25 terms, faiss {rp.index} over {rp.user_vectors} user vectors")
     return 0
 
 

@@ -19,6 +19,7 @@ class RetrievalParams(Section):
     hnsw_m: int = Field(32, ge=4, description="HNSW graph degree (index: hnsw)")
     ivf_nlist: int = Field(0, ge=0, description="IVF cells; 0 = sqrt(#users) (index: ivf)")
     ivf_nprobe: int = Field(8, ge=1, description="IVF cells probed per query (index: ivf)")
-    user_vectors: Literal["item-mean"] = Field("item-mean", description="user vectors: mean of the item embeddings of the training history")
+    user_vectors: Literal["item-mean", "sasrec"] = Field("item-mean", description="collaborative-path user vectors: item-mean (mean of the item embeddings of the training history) | sasrec (GenPlugin §3.3: a trained SASRec's user state g_u)")
+    sasrec_model: str | None = Field(None, description="user_vectors: sasrec — the SASRec model ref; null = model/<dataset>-sasrec@latest (written by `genrec evaluate baselines`)")
     z: int = Field(20, ge=1, description="candidates per path (BM25, faiss)")
     v: int = Field(10, ge=1, description="users kept after the merge and re-rank")

@@ -25,6 +25,8 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
         v = request.v or self.default_v
         if z > self.max_z or v > self.max_z:
             raise RetrievalError(f"z={z}, v={v}: at most {self.max_z}")
+        if v > 0:
+            v = min(v, max(1, self.retriever.n_users - 1))  # v only caps the answer (a caller may ask for all 2z candidates)
         exclude = None
         if request.exclude_item:
             exclude = self.retriever.items_to_indices([request.exclude_item])[0]
@@ -34,7 +36,9 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
             items = list(request.history.item_ids)
             if len(items) > self.max_history:
                 raise RetrievalError(f"history of {len(items)} items: at most {self.max_history}")
-            nbrs = self.retriever.similar_users(history=self.retriever.items_to_indices(items), z=z, v=v, exclude_item=exclude)
+            ex_user = request.exclude_user if request.exclude_user in self.retriever.user_index else None  # a new user: nothing to drop
+            nbrs = self.retriever.similar_users(history=self.retriever.items_to_indices(items), z=z, v=v, exclude_item=exclude,
+                                                exclude_user=ex_user)
         return retrieval_pb2.SimilarUsersResponse(
             users=[
                 retrieval_pb2.Neighbor(

@@ -1,5 +1,9 @@
 """Collaborative user retrieval: user vectors in a faiss index, searched by cosine similarity.
 
+User vectors (``retrieval.user_vectors``): ``item-mean`` (mean of the history's item embeddings) or
+``sasrec`` (GenPlugin §3.3: a trained SASRec's user state ``g_u``, the output at the history's last
+position).
+
 Vectors are L2-normalized, so inner product = cosine. ``flat`` (exact, the default) is
 ``IndexFlatIP``; for large user bases ``hnsw`` (``IndexHNSWFlat`` with the inner-product metric)
 and ``ivf`` (``IndexIVFFlat``) trade exactness for speed. Indexes are stored as the byte array
@@ -32,6 +36,17 @@ def mean_item_vectors(histories: Sequence[Sequence[int]], item_vectors: np.ndarr
     for u, h in enumerate(histories):
         if len(h):
             out[u] = iv[np.asarray(h, dtype=np.int64)].mean(axis=0)
+    return out
+
+
+def sasrec_user_vectors(histories: Sequence[Sequence[int]], model) -> np.ndarray:
+    """A user's vector = SASRec's user state ``g_u`` (the output at the last position of the history,
+    :meth:`~components.evaluation.baselines.sasrec.SASRec.encode`, eval mode); an empty history
+    gives the zero vector (which matches nothing)."""
+    out = np.zeros((len(histories), model.config.d_model), dtype=np.float32)
+    live = [u for u, h in enumerate(histories) if len(h)]
+    if live:
+        out[live] = model.encode([list(histories[u]) for u in live])
     return out
 
 

@@ -50,11 +50,15 @@ class RetrievalClient(_Client):
         super().__init__(address, **kw)
         self.stub = retrieval_pb2_grpc.RetrievalStub(self.channel)
 
-    def similar_users(self, history: list[str] | None = None, user_id: str | None = None, v: int = 0, z: int = 0) -> list[retrieval_pb2.Neighbor]:
+    def similar_users(self, history: list[str] | None = None, user_id: str | None = None, v: int = 0, z: int = 0,
+                      exclude_user: str | None = None) -> list[retrieval_pb2.Neighbor]:
+        """By ``user_id`` (its indexed history, itself excluded) or by ``history`` (``exclude_user``:
+        the history's owner, dropped from the answer)."""
         if user_id:
             req = retrieval_pb2.SimilarUsersRequest(user_id=user_id, v=v, z=z)
         else:
-            req = retrieval_pb2.SimilarUsersRequest(history=retrieval_pb2.History(item_ids=history or []), v=v, z=z)
+            req = retrieval_pb2.SimilarUsersRequest(history=retrieval_pb2.History(item_ids=history or []), v=v, z=z,
+                                                    exclude_user=exclude_user or "")
         return list(self._call(self.stub.SimilarUsers, req, "retrieval").users)
 
 

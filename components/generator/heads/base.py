@@ -37,6 +37,9 @@ import torch
 from torch import nn
 
 
+EXTRA_USER = "user"  # ctx.extras key: int64 [B] dataset user index of each row (-1 = unknown), set by training and ranking
+
+
 @dataclass
 class Context:
     """The encoded history a decoder attends to (per batch row)."""
@@ -46,7 +49,7 @@ class Context:
     levels: torch.Tensor  # int64 [B, S] SID level of each position, -1 = special / added by a head
     slots: torch.Tensor  # int64 [B, S] history slot, -1 = special / added
     states: torch.Tensor | None = None  # [B, S, d] encoder outputs (TIGER), None for decoder-only
-    extras: dict[str, Any] = field(default_factory=dict)  # side inputs: "items", "user", head data
+    extras: dict[str, Any] = field(default_factory=dict)  # side inputs: "items", "user" (EXTRA_USER), head data
 
     def replace(self, **kw) -> "Context":
         return replace(self, **kw)

@@ -31,15 +31,38 @@ Substitution happens only in training (``teacher_inputs`` is a training hook).
 model's ``rec`` loss.
 
 **Retrieval augmentation (RAR, §3.3).** After pre-training, a second stage (``second_stage``, run by
-``genrec train``) freezes both encoders, the projection and the shared token embeddings, and
-fine-tunes the decoder with the cached representations ``q_v`` (mean-pooled ID-encoder states,
-computed in eval mode) of ``v`` similar users (:class:`~components.retrieval.UserRetriever`, BM25 +
-faiss, merged and re-ranked) appended to the target user's encoder states as extra cross-attention
-positions (``q_v + e_nbr``, a learned neighbour-type vector). During training the users holding the
-sample's target item are excluded (``exclude_item``). Inference does the same (no exclusion).
+``genrec train``) fine-tunes *the decoder* (paper: "fine-tunes the decoder of GenPlugin"; "we first
+freeze the encoder to ensure that each user's representation remains consistent with its
+pre-trained version") with the cached representations ``q_v`` (mean-pooled ID-encoder states,
+computed in eval mode) of ``v`` similar users appended to the target user's encoder states as extra
+cross-attention positions (``q_v + e_nbr``, a learned neighbour-type vector). The neighbours: BM25
+top-``z`` ∪ faiss top-``z`` (:meth:`~components.retrieval.UserRetriever.candidates`) re-ranked by the
+cosine between the ID-view representations ``q`` (Eq. 3) of the query and of each candidate, users
+found by both paths always kept first (:func:`~components.retrieval.retriever.merge`). Trained in this stage: the T5
+decoder stack (self/cross-attention, feed-forward, layer norms, relative position bias), an untied
+output layer if the backbone has one, and the new ``e_nbr``. Frozen (:meth:`GenPluginHead.freeze_encoders`):
+the ID encoder and the shared token-embedding table it reads (tied in TIGER to the decoder's input
+embedding and the output layer, so those stay frozen with it — training them would move every
+cached ``q_v``), the language encoder, its projection and position embeddings. Frozen modules run
+in **eval mode** throughout the stage, so the target user is encoded exactly as its neighbours are
+(no dropout), "the same operation as in re-ranking". The stage's losses are the ID view's CE plus,
+when on, ``L_lan``, ``L_kl`` and the substitution (they reach the trainable decoder only); ``L_item``
+/ ``L_user`` are off (their gradients would only reach frozen encoders). The stage's result is kept
+only if it is not worse on valid NDCG@10 than the pre-trained one (else the pre-trained weights
+are kept, with augmentation off); both figures are reported (``rar.valid.ndcg@10_before`` /
+``_after``, ``rar.kept``).
+
+*Neighbour sets.* The query user is excluded in training and at inference alike (the batch /
+ranking extras carry each row's dataset user index, ``ctx.extras["user"]``): the index holds only
+training interactions, so the only indexed history that holds a sample's target (its own future)
+is its user's, and a user never retrieves itself. No other user is banned, so a sample gets the
+same neighbours at fine-tuning as at ranking. Rows without a known user (a raw history from a
+client) exclude no one.
 A missing retrieval index makes the head run without augmentation: one warning and
-``rar_fallback = True`` — never an exception. Neighbours obtained elsewhere (the generator gRPC
-service) come in as ``extras`` (:meth:`GenPluginHead.neighbor_extras`).
+``rar_fallback = True`` — never an exception. Neighbours obtained elsewhere come in as ``extras``
+(:meth:`GenPluginHead.neighbor_extras`, at most ``v`` per row): the generator gRPC service asks the
+retrieval service for this head's ``z`` and all ``2z`` candidates, and keeps ``v`` of them with the
+same ID-view re-rank (:meth:`GenPluginHead.select_neighbors`).
 
 Ablations: ``dsa: false`` (no L_item / L_user), ``ssg: false`` (no substitution, no L_kl),
 ``rar: false`` (no fine-tuning stage, no augmentation).
@@ -48,6 +71,7 @@ Ablations: ``dsa: false`` (no L_item / L_user), ``ssg: false`` (no substitution,
 from __future__ import annotations
 
 import logging
+import types
 import warnings
 from typing import Any, Callable, Sequence
 
@@ -57,7 +81,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from components.generator.heads.base import Context, ForwardOutput, Head, register_head
+from components.generator.heads.base import EXTRA_USER, Context, ForwardOutput, Head, register_head
 from components.params import Section
 
 log = logging.getLogger(__name__)
@@ -156,12 +180,14 @@ class GenPluginHead(Head):
         self._retriever = None
         self._retriever_tried = False
         self.rar_fallback = False  # True once RAR was wanted but no retrieval index could be used
-        self._nbr_cache: dict[tuple, list[int]] = {}
+        self._nbr_cache: dict[tuple, list[int]] = {}  # (history, excluded user) -> neighbours, valid for _nbr_ref
+        self._nbr_ref: str | None = None
+        self._frozen: list[tuple[nn.Parameter, bool]] = []  # (parameter, its requires_grad before the RAR stage)
+        self._pinned: list[nn.Module] = []  # modules held in eval mode during the RAR stage
         from components.retrieval.retriever import RepresentationCache
 
         self.rep_cache = RepresentationCache()
         self.model_ref: str = f"local:{id(self)}"  # RepresentationCache key; a checkpoint ref once loaded
-        self._target_lookup: dict[tuple, int] | None = None
 
     # ---- config / checkpoint ------------------------------------------------------------------
     @staticmethod
@@ -377,29 +403,35 @@ class GenPluginHead(Head):
             raise GenPluginError(f"{len(keys)} keys for {len(histories)} histories")
         if any(len(h) == 0 for h in histories):
             raise GenPluginError("a neighbour has an empty history")
-        todo = [i for i, k in enumerate(keys) if not (ref == self.rep_cache.model_ref and k in self.rep_cache._data)]
-        computed: dict[int, np.ndarray] = {}
-        if todo:
-            enc = m.backbone.t5.get_encoder() if hasattr(m.backbone, "t5") else None
-            was = enc.training if enc is not None else False
-            if enc is not None:
-                enc.eval()
-            try:
-                for s in range(0, len(todo), 256):
-                    chunk = todo[s : s + 256]
-                    hist = m.encode_history([list(histories[i]) for i in chunk])
-                    ctx = m.backbone.encode(m.backbone.make_context(hist))
-                    reps = self.user_representation(ctx).float().cpu().numpy()
-                    computed.update({i: r for i, r in zip(chunk, reps)})
-            finally:
-                if enc is not None:
-                    enc.train(was)
-        rows = [self.rep_cache.get(ref, k, (lambda i=i: computed[i])) for i, k in enumerate(keys)]
+        rows = self.rep_cache.get_many(ref, keys, lambda pos: self._encode_users([histories[i] for i in pos]))
         return torch.from_numpy(np.stack(rows)).to(m.device)
+
+    @torch.no_grad()
+    def _encode_users(self, histories: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        """``q`` (Eq. 3) of each history by the ID encoder in eval mode (restored afterwards)."""
+        m = self.model
+        enc = m.backbone.t5.get_encoder() if hasattr(m.backbone, "t5") else None
+        was = enc.training if enc is not None else False
+        if enc is not None:
+            enc.eval()
+        out: list[np.ndarray] = []
+        try:
+            for s in range(0, len(histories), 256):  # fp32 always: the same q under bf16 training and at inference
+                hist = m.encode_history([list(h) for h in histories[s : s + 256]])
+                with torch.autocast(m.device.type, enabled=False):
+                    ctx = m.backbone.encode(m.backbone.make_context(hist))
+                out += list(self.user_representation(ctx).float().cpu().numpy())
+        finally:
+            if enc is not None:
+                enc.train(was)
+        return out
 
     def neighbor_extras(self, neighbor_histories: Sequence[Sequence[Sequence[int]]], model_ref: str | None = None) -> dict[str, torch.Tensor]:
         """``extras`` for :func:`constrained_beam_search` / ``model.begin`` from each request's
-        neighbours' histories (as returned by a retrieval service): [B, v, d] states and [B, v] mask."""
+        neighbours' histories (as returned by a retrieval service): [B, v, d] states and [B, v] mask.
+        At most this head's ``v`` neighbours per row are used (the first ``v``; pick them with
+        :meth:`select_neighbors` when there are more candidates)."""
+        neighbor_histories = [list(nb)[: self.p.v] for nb in neighbor_histories]
         B = len(neighbor_histories)
         v = max([len(n) for n in neighbor_histories] + [1])
         states = torch.zeros(B, v, self.d_model, device=self.model.device)
@@ -412,13 +444,16 @@ class GenPluginHead(Head):
                 mask[b, j] = True
         return {EXTRA_NBR_STATES: states, EXTRA_NBR_MASK: mask}
 
-    def _target_items(self, targets: torch.Tensor) -> list[int]:
-        if self._target_lookup is None:
-            self._target_lookup = {tuple(r): i for i, r in enumerate(self.model.vocab.item_tokens.tolist())}
-        return [self._target_lookup.get(tuple(r), -1) for r in targets.tolist()]
+    def user_indices(self, user_ids: Sequence[str | None]) -> list[int]:
+        """Indices in this head's retrieval index of external user ids (-1: unknown, None, or no index)."""
+        r = self.retriever()
+        if r is None:
+            return [-1] * len(user_ids)
+        return [r.user_index.get(u, -1) if u else -1 for u in user_ids]
 
-    def retrieve(self, items: torch.Tensor, exclude: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Neighbour representations [B, v, d] and mask [B, v] for right-aligned history rows."""
+    def retrieve(self, items: torch.Tensor, users: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Neighbour representations [B, v, d] and mask [B, v] for right-aligned history rows;
+        ``users[b]`` (index in the retrieval index, -1 = unknown) is excluded from row ``b``'s neighbours."""
         r = self.retriever()
         B = items.shape[0]
         v = self.p.v
@@ -426,20 +461,22 @@ class GenPluginHead(Head):
         mask = torch.zeros(B, v, dtype=torch.bool, device=items.device)
         if r is None:
             return states, mask
+        if self._nbr_ref != self.model_ref:  # neighbour lists depend on the model (ID-view re-rank)
+            self._nbr_cache.clear()
+            self._nbr_ref = self.model_ref
         rows = [[i for i in row if i >= 0] for row in items.tolist()]
+        keys = [(tuple(h), None if users is None or int(users[b]) < 0 else int(users[b])) for b, h in enumerate(rows)]
+        todo = [b for b, h in enumerate(rows) if h and keys[b] not in self._nbr_cache]
+        if todo:
+            if len(self._nbr_cache) > 200_000:
+                self._nbr_cache.clear()
+            queries = self._encode_users([rows[b] for b in todo])  # q_u of the query rows (Eq. 3)
+            for b, q in zip(todo, queries):
+                self._nbr_cache[keys[b]] = self._rerank(r, rows[b], keys[b][1], q)
         want: list[tuple[int, int, int]] = []
         for b, hist in enumerate(rows):
-            if not hist:
-                continue
-            ex = None if exclude is None or exclude[b] < 0 else exclude[b]
-            key = (tuple(hist), ex)
-            nb = self._nbr_cache.get(key)
-            if nb is None:
-                nb = [n.user for n in r.similar_users(history=hist, z=self.p.z, v=v, exclude_item=ex)]
-                if len(self._nbr_cache) > 200_000:
-                    self._nbr_cache.clear()
-                self._nbr_cache[key] = nb
-            want += [(b, j, u) for j, u in enumerate(nb)]
+            if hist:
+                want += [(b, j, u) for j, u in enumerate(self._nbr_cache[keys[b]])]
         if want:
             users = [u for _, _, u in want]
             hists = [r.train_histories[u][-self.model.max_items :] for u in users]
@@ -450,6 +487,36 @@ class GenPluginHead(Head):
             mask[bi, ji] = True
         return states, mask
 
+    def _rerank(self, r, hist: list[int], exclude_user: int | None, q: np.ndarray) -> list[int]:
+        """§3.3: BM25 top-z ∪ faiss top-z (the query user excluded), re-ranked by the cosine between
+        the ID-view representations ``q`` (Eq. 3) of the query and of each candidate; users found by
+        both paths are always kept (first); ``v`` users."""
+        from components.retrieval.retriever import merge, union
+
+        a, c, _ = r.candidates(history=hist, z=self.p.z, exclude_user=exclude_user)
+        cands = union(a, c)
+        if cands.size == 0:
+            return []
+        reps = self.neighbor_representations([r.train_histories[u][-self.model.max_items :] for u in cands.tolist()],
+                                             keys=[("u", u) for u in cands.tolist()]).float().cpu().numpy()
+        return [n.user for n in merge(a, c, _cosine(reps, q), self.p.v)]
+
+    def select_neighbors(self, history: Sequence[int], candidates: Sequence[tuple[Sequence[int], str]],
+                         model_ref: str | None = None) -> list[int]:
+        """The same re-rank for candidates a retrieval service returned (``(history, path)`` with
+        path ``bm25`` / ``cf`` / ``both``): positions of the ``v`` chosen ones, best first."""
+        from components.retrieval.retriever import merge, union
+
+        live = [k for k, (h, _) in enumerate(candidates) if len(h)]
+        if not live or not len(history):
+            return live[: self.p.v]
+        a = np.array([k for k in live if candidates[k][1] != "cf"], dtype=np.int64)  # bm25, both (or unlabelled)
+        c = np.array([k for k in live if candidates[k][1] in ("cf", "both")], dtype=np.int64)
+        cands = union(a, c)
+        reps = self.neighbor_representations([candidates[k][0] for k in cands.tolist()], model_ref=model_ref).float().cpu().numpy()
+        q = self._encode_users([list(history)[-self.model.max_items :]])[0]
+        return [n.user for n in merge(a, c, _cosine(reps, q), self.p.v)]
+
     def context_states(self, ctx: Context) -> Context:
         if not (self.p.rar and self.p.rar_active):
             return ctx
@@ -457,10 +524,9 @@ class GenPluginHead(Head):
             nst = ctx.extras[EXTRA_NBR_STATES].to(ctx.states.device, ctx.states.dtype)
             nmask = ctx.extras.get(EXTRA_NBR_MASK, torch.ones(nst.shape[:2], dtype=torch.bool, device=nst.device)).bool()
         else:
-            exclude = None
-            if self.training and "targets" in ctx.extras:
-                exclude = self._target_items(ctx.extras["targets"])
-            nst, nmask = self.retrieve(ctx.extras["items"], exclude)
+            users = ctx.extras.get(EXTRA_USER)
+            users = users.tolist() if isinstance(users, torch.Tensor) else users
+            nst, nmask = self.retrieve(ctx.extras["items"], users)
             if not nmask.any():
                 return ctx
         B, v = nmask.shape
@@ -472,22 +538,47 @@ class GenPluginHead(Head):
 
     # ---- second training stage ------------------------------------------------------------------
     def freeze_encoders(self) -> list[str]:
-        """Freeze the ID encoder (with the shared token embeddings it reads), the language encoder and
-        the projection; returns the frozen parameter names."""
+        """Freeze what the RAR stage must not change (§3.3: the encoders, so cached ``q_v`` stay valid):
+        the ID encoder, the shared token embeddings it reads (in TIGER also the decoder's input
+        embedding and, tied, the output layer), the language encoder, its projection and position
+        embeddings. The frozen modules are held in eval mode (``model.train()`` leaves them in eval)
+        until :meth:`unfreeze_encoders`. Returns the frozen parameter names."""
         m = self.model
+        own = [f"heads.{i}." for i, h in enumerate(m.heads) if h is self]
+        parts = tuple(o + part for o in own for part in ("proj.", "pos.", "lan_encoder."))
         frozen = []
         for name, prm in m.named_parameters():
-            if name.startswith(("backbone.t5.encoder.", "backbone.t5.shared.")) or \
-                    any(name.startswith(f"heads.{i}.{part}") for i, h in enumerate(m.heads) if h is self for part in ("proj.", "pos.", "lan_encoder.")):
+            if name.startswith(("backbone.t5.encoder.", "backbone.t5.shared.") + parts):
+                self._frozen.append((prm, prm.requires_grad))
                 prm.requires_grad_(False)
                 frozen.append(name)
-        return frozen  # (the tied T5 output layer shares the embedding tensor: frozen with it)
+        mods = [self.proj, self.lan_encoder]
+        if hasattr(m.backbone, "t5"):
+            mods.insert(0, m.backbone.t5.get_encoder())
+        for mod in mods:
+            mod.train = types.MethodType(_eval_only, mod)  # instance attribute: every train(mode) call → eval
+            mod.train(False)
+            self._pinned.append(mod)
+        return frozen
+
+    def unfreeze_encoders(self) -> None:
+        """Undo :meth:`freeze_encoders` (requires_grad as before; train()/eval() behave normally again)."""
+        for prm, req in self._frozen:
+            prm.requires_grad_(req)
+        for mod in self._pinned:
+            mod.__dict__.pop("train", None)
+            mod.train(self.training)
+        self._frozen, self._pinned = [], []
 
     def second_stage(self, result, make_trainer: Callable, train_params) -> Any:
-        """RAR fine-tuning after pre-training: load the best pre-training state, freeze the encoders,
-        switch augmentation on and train ``finetune_epochs`` more epochs (``make_trainer(params, tag)``
-        returns a Trainer over the same model). Returns the fine-tuning result (its history is the
-        concatenation); without a usable retrieval index, returns ``result`` unchanged (flagged)."""
+        """RAR fine-tuning after pre-training: load the best pre-training state, freeze the encoders
+        (:meth:`freeze_encoders`), switch augmentation on and train ``finetune_epochs`` more epochs
+        (``make_trainer(params, tag)`` returns a Trainer over the same model). The history is the
+        concatenation of both stages. The fine-tuned weights are kept when their valid NDCG@10 is at
+        least the pre-trained one's; otherwise the pre-trained weights are restored and augmentation
+        is switched off again (``rar.kept = "pretrain"``). ``extra`` reports both figures
+        (``rar.valid.ndcg@10_before`` / ``rar.valid.ndcg@10_after``) and ``rar.kept``. Without a
+        usable retrieval index, returns ``result`` unchanged (flagged)."""
         p = self.p
         if not p.rar or p.finetune_epochs == 0:
             return result
@@ -496,16 +587,46 @@ class GenPluginHead(Head):
             return result
         m = self.model
         m.load_state_dict(result.best_state)
+        pre_ref = self.model_ref
         self.freeze_encoders()
         p.rar_active = True
         self.model_ref = f"finetune:{id(self)}"
         tp = train_params.model_copy(update={"epochs": p.finetune_epochs, "lr": p.finetune_lr or train_params.lr,
                                              "warmup_steps": min(train_params.warmup_steps, 10)})
-        res2 = make_trainer(tp, "rar").fit()
-        res2.history = [{**r, "stage": "pretrain"} for r in result.history] + [{**r, "stage": "rar"} for r in res2.history]
-        res2.extra.update({"genplugin.pretrain_valid": result.best_valid, "genplugin.pretrain_best_epoch": result.best_epoch,
-                           "genplugin.rar_fallback": self.rar_fallback})
-        return res2
+        try:
+            res2 = make_trainer(tp, "rar").fit()
+        finally:
+            self.unfreeze_encoders()
+        before = result.best_valid.get("ndcg@10")
+        after = res2.best_valid.get("ndcg@10")
+        keep = after is not None and (before is None or after >= before)
+        history = [{**r, "stage": "pretrain"} for r in result.history] + [{**r, "stage": "rar"} for r in res2.history]
+        info = {"genplugin.pretrain_valid": result.best_valid, "genplugin.pretrain_best_epoch": result.best_epoch,
+                "genplugin.rar_fallback": self.rar_fallback, "rar.valid.ndcg@10_before": before,
+                "rar.valid.ndcg@10_after": after, "rar.kept": "rar" if keep else "pretrain"}
+        if keep:
+            res2.history = history
+            res2.extra.update(info)
+            return res2
+        log.warning("genplugin: RAR fine-tuning lowered valid NDCG@10 (%s -> %s): keeping the pre-trained weights, "
+                    "augmentation off", before, after)
+        m.load_state_dict(result.best_state)
+        p.rar_active = False
+        self.model_ref = pre_ref
+        self._nbr_cache.clear()
+        result.history = history
+        result.extra.update(info)
+        return result
+
+
+def _cosine(reps: np.ndarray, q: np.ndarray) -> np.ndarray:
+    reps = reps / np.maximum(np.linalg.norm(reps, axis=1, keepdims=True), 1e-12)
+    return reps @ (q / max(float(np.linalg.norm(q)), 1e-12))
+
+
+def _eval_only(self: nn.Module, mode: bool = True) -> nn.Module:
+    """``train`` of a module frozen for the RAR stage: always eval mode (no dropout)."""
+    return nn.Module.train(self, False)
 
 
 def _ancestor(registry, ref: str, kind: str, depth: int = 4) -> str | None:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19genrec/v1/retrieval.proto\x12\tgenrec.v1\"\x1b\n\x07History\x12\x10\n\x08item_ids\x18\x01 \x03(\t\"\x84\x01\n\x13SimilarUsersRequest\x12\x11\n\x07user_id\x18\x01 \x01(\tH\x00\x12%\n\x07history\x18\x02 \x01(\x0b\x32\x12.genrec.v1.HistoryH\x00\x12\t\n\x01z\x18\x03 \x01(\x05\x12\t\n\x01v\x18\x04 \x01(\x05\x12\x14\n\x0c\x65xclude_item\x18\x05 \x01(\tB\x07\n\x05query\"J\n\x08Neighbor\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\x10\n\x08item_ids\x18\x04 \x03(\t\"M\n\x14SimilarUsersResponse\x12\"\n\x05users\x18\x01 \x03(\x0b\x32\x13.genrec.v1.Neighbor\x12\x11\n\tindex_ref\x18\x02 \x01(\t2\\\n\tRetrieval\x12O\n\x0cSimilarUsers\x12\x1e.genrec.v1.SimilarUsersRequest\x1a\x1f.genrec.v1.SimilarUsersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19genrec/v1/retrieval.proto\x12\tgenrec.v1\"\x1b\n\x07History\x12\x10\n\x08item_ids\x18\x01 \x03(\t\"\x9a\x01\n\x13SimilarUsersRequest\x12\x11\n\x07user_id\x18\x01 \x01(\tH\x00\x12%\n\x07history\x18\x02 \x01(\x0b\x32\x12.genrec.v1.HistoryH\x00\x12\t\n\x01z\x18\x03 \x01(\x05\x12\t\n\x01v\x18\x04 \x01(\x05\x12\x14\n\x0c\x65xclude_item\x18\x05 \x01(\t\x12\x14\n\x0c\x65xclude_user\x18\x06 \x01(\tB\x07\n\x05query\"J\n\x08Neighbor\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\x10\n\x08item_ids\x18\x04 \x03(\t\"M\n\x14SimilarUsersResponse\x12\"\n\x05users\x18\x01 \x03(\x0b\x32\x13.genrec.v1.Neighbor\x12\x11\n\tindex_ref\x18\x02 \x01(\t2\\\n\tRetrieval\x12O\n\x0cSimilarUsers\x12\x1e.genrec.v1.SimilarUsersRequest\x1a\x1f.genrec.v1.SimilarUsersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,11 +34,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HISTORY']._serialized_start=40
   _globals['_HISTORY']._serialized_end=67
   _globals['_SIMILARUSERSREQUEST']._serialized_start=70
-  _globals['_SIMILARUSERSREQUEST']._serialized_end=202
-  _globals['_NEIGHBOR']._serialized_start=204
-  _globals['_NEIGHBOR']._serialized_end=278
-  _globals['_SIMILARUSERSRESPONSE']._serialized_start=280
-  _globals['_SIMILARUSERSRESPONSE']._serialized_end=357
-  _globals['_RETRIEVAL']._serialized_start=359
-  _globals['_RETRIEVAL']._serialized_end=451
+  _globals['_SIMILARUSERSREQUEST']._serialized_end=224
+  _globals['_NEIGHBOR']._serialized_start=226
+  _globals['_NEIGHBOR']._serialized_end=300
+  _globals['_SIMILARUSERSRESPONSE']._serialized_start=302
+  _globals['_SIMILARUSERSRESPONSE']._serialized_end=379
+  _globals['_RETRIEVAL']._serialized_start=381
+  _globals['_RETRIEVAL']._serialized_end=473
 # @@protoc_insertion_point(module_scope)

@@ -13,18 +13,20 @@ class History(_message.Message):
     def __init__(self, item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SimilarUsersRequest(_message.Message):
-    __slots__ = ("user_id", "history", "z", "v", "exclude_item")
+    __slots__ = ("user_id", "history", "z", "v", "exclude_item", "exclude_user")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     HISTORY_FIELD_NUMBER: _ClassVar[int]
     Z_FIELD_NUMBER: _ClassVar[int]
     V_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_ITEM_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_USER_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     history: History
     z: int
     v: int
     exclude_item: str
-    def __init__(self, user_id: _Optional[str] = ..., history: _Optional[_Union[History, _Mapping]] = ..., z: _Optional[int] = ..., v: _Optional[int] = ..., exclude_item: _Optional[str] = ...) -> None: ...
+    exclude_user: str
+    def __init__(self, user_id: _Optional[str] = ..., history: _Optional[_Union[History, _Mapping]] = ..., z: _Optional[int] = ..., v: _Optional[int] = ..., exclude_item: _Optional[str] = ..., exclude_user: _Optional[str] = ...) -> None: ...
 
 class Neighbor(_message.Message):
     __slots__ = ("user_id", "score", "path", "item_ids")
