@@ -216,3 +216,39 @@ def test_mutation_guard_candidates_ranked_by_popularity_not_item_count():
     r = rebalance_codebook(_tree(sids, [3, 4, 1]), counts, embeddings=emb, levels=[0], semantic_levels=3)
     assert r.codebook.sids[:, 0].tolist() == [0, 0, 0, 0, 1, 3, 2]
     assert [(s.level, s.token, s.popularity, s.new_tokens, s.new_popularity) for s in r.splits] == [(0, 1, 20, [1, 3], [10, 10])]
+
+
+# ---- FlexCode codebooks (issue #16): split tokens stay in their view ------------------------------
+def _flexcode_codebook(n: int = 400, seed: int = 0) -> tuple[Codebook, np.ndarray]:
+    """A FlexCode-layout codebook without training: routed residual codes of random latents, 0, 1
+    or 2 CF tokens per item, a disambiguation level, and skewed popularity."""
+    from components.tokenizer.collisions import add_extra_level
+    from components.tokenizer.flexcode import dual_residual_codes
+
+    rng = np.random.default_rng(seed)
+    zs, zc = rng.normal(size=(n, 6)).astype(np.float32), rng.normal(size=(n, 6)).astype(np.float32)
+    dual = dual_residual_codes(zs, zc, rng.integers(0, 3, n), 3, 12, niter=5)
+    sids, sizes, _ = add_extra_level(dual.codes, dual.sizes)
+    cb = Codebook(sids=sids, sizes=sizes, item_ids=[str(i) for i in range(n)], method="flexcode", codewords=dict(enumerate(dual.codewords)),
+                  stats={"semantic_levels": 3, "flexcode": {"token_split": dual.split, "cf_tokens": [0] * n}})
+    return cb, np.minimum(rng.zipf(1.3, n), 500)
+
+
+def test_crab_on_flexcode_split_tokens_stay_in_their_view():
+    from components.tokenizer.flexcode import cf_tokens_of, token_views
+
+    cb, counts = _flexcode_codebook()
+    k = cf_tokens_of(cb)
+    res = rebalance_codebook(cb, counts, split_ratio=0.3, max_splits=3, n_init=1, seed=0)
+    out = res.codebook
+    assert any(out.sizes[lvl] > cb.sizes[lvl] for lvl in (1, 2))  # tokens appended past both views' ranges
+    assert {s.level for s in res.splits} >= {1, 2}
+    np.testing.assert_array_equal(cf_tokens_of(out), k)
+    assert out.stats["flexcode"]["token_split"] == cb.stats["flexcode"]["token_split"]
+    assert out.stats["flexcode"]["token_origin"] == out.token_origin  # first rebalancing: origin = CRAB's own map
+    before, after = token_views(cb), token_views(out)
+    for s in res.splits:
+        assert {bool(after[s.level][t]) for t in s.new_tokens} == {bool(before[s.level][s.token])}
+    again = rebalance_codebook(out, counts, split_ratio=0.3, max_splits=3, n_init=1, seed=1).codebook
+    assert sum(again.sizes) > sum(out.sizes)
+    np.testing.assert_array_equal(cf_tokens_of(again), k)  # origins compose over chained rebalancing

@@ -101,3 +101,79 @@ def test_bad_requests(served, call, req, code, fragment):
     with pytest.raises(grpc.RpcError) as e:
         getattr(stub, call)(req, timeout=10)
     assert e.value.code() == code and fragment in e.value.details()
+
+
+# ---- codebooks that cannot or can place new items (issue #16) --------------------------------------
+def _no_encoder_load(monkeypatch):
+    from components.tokenizer import encoders
+
+    calls = []
+
+    def refuse(*a, **k):
+        calls.append(a)
+        raise RuntimeError("the text encoder must not be loaded for a codebook that cannot place new items")
+
+    monkeypatch.setattr(encoders, "make_encoder", refuse)
+    return calls
+
+
+def _flexcode_without_encoder(n: int = 40) -> Codebook:
+    """A FlexCode codebook as written before new-item support: codewords in the latent space, no encoder."""
+    rng = np.random.default_rng(0)
+    sids = np.stack([rng.integers(0, 4, n), rng.integers(0, 4, n), rng.integers(0, 4, n)], 1)
+    sids = np.unique(sids, axis=0)
+    n = len(sids)
+    sids = np.c_[sids, np.zeros(n, dtype=np.int64)]
+    split = [{"semantic": 4, "cf": 0}, {"semantic": 2, "cf": 2}, {"semantic": 2, "cf": 2}]
+    return Codebook(sids=sids, sizes=[4, 4, 4, 1], item_ids=[f"f{i}" for i in range(n)], method="flexcode",
+                    codewords={lvl: rng.normal(size=(4, 8)).astype(np.float32) for lvl in range(3)},
+                    stats={"semantic_levels": 3, "flexcode": {"token_split": split}})
+
+
+@pytest.mark.parametrize("which, fragment", [("flexcode", "no semantic encoder"), ("no-codewords", "no codewords")])
+def test_add_items_refused_before_loading_the_encoder(tmp_path, monkeypatch, which, fragment):
+    calls = _no_encoder_load(monkeypatch)
+    reg = Registry(tmp_path / "artifacts")
+    if which == "flexcode":
+        cb = _flexcode_without_encoder()
+    else:
+        cb = Codebook(sids=np.array([[0, 0], [0, 1], [1, 0]]), sizes=[2, 2], item_ids=["a", "b", "c"], method="reference")
+    art = cb.save(reg, f"cannot-{which}", parents=[], params={})
+    service = TokenizerService(reg, art.ref, TokenizerParams(encoder="minilm"), encoder=None)
+    with BackgroundServer([registration(service)]) as port, grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        stub = tokenizer_pb2_grpc.TokenizerStub(ch)
+        with pytest.raises(grpc.RpcError) as e:
+            stub.AddItems(tokenizer_pb2.AddItemsRequest(items=[tokenizer_pb2.NewItem(item_id="x", fields={"title": "a new item"})]), timeout=10)
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and fragment in e.value.details()
+    assert calls == [] and service.encoder is None and service.current_ref == art.ref
+
+
+def test_add_items_on_a_flexcode_codebook(tmp_path):
+    """New items get a FlexCode SID: all semantic tokens (a new item has no interactions), unique."""
+    from components.tokenizer.flexcode import CFView, cf_tokens_of, token_views
+
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(40)]
+    texts = [{"title": " ".join(rng.choice(words, 4))} for _ in range(300)]
+    enc = HashEncoder()
+    p = TokenizerParams(method="flexcode", levels=3, codebook_size=8, niter=8, encoder="minilm")
+    p.flexcode = p.flexcode.model_copy(update={"epochs": 2, "hidden": 16, "latent_dim": 8, "gate_steps": 100, "mf_dim": 8})
+    ids = [f"i{k}" for k in range(300)]
+    emb = enc.encode(item_texts(ids, texts, p.text_fields, p.max_field_chars))
+    counts = np.minimum(rng.zipf(1.5, 300) - 1, 200)
+    cb = build_codebook(emb, ids, p, counts, seed=0, cf_view=CFView(rng.normal(size=(300, 8)).astype(np.float32), "mf"))
+    cb.stats["encoder"] = enc.name
+    reg = Registry(tmp_path / "artifacts")
+    art = cb.save(reg, "tiny-flexcode", parents=[], params={})
+    service = TokenizerService(reg, art.ref, p, encoder=enc)
+    with BackgroundServer([registration(service)]) as port, grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        stub = tokenizer_pb2_grpc.TokenizerStub(ch)
+        new = [tokenizer_pb2.NewItem(item_id=f"new-{k}", fields={"title": " ".join(rng.choice(words, 4))}) for k in range(5)]
+        r = stub.AddItems(tokenizer_pb2.AddItemsRequest(items=new), timeout=30)
+    cb2 = Codebook.from_artifact(reg.load(r.codebook_ref))
+    assert cb2.n_items == 305 and cb2.n_collisions() == 0 and cb2.sizes == cb.sizes
+    np.testing.assert_array_equal(cb2.sids[:300], cb.sids)
+    assert [list(s.tokens) for s in r.sids] == cb2.sids[300:].tolist()
+    assert (cf_tokens_of(cb2)[300:] == 0).all() and cb2.stats["flexcode"]["cf_tokens"][300:] == [0] * 5
+    views = token_views(cb2)
+    assert not any(views[lvl][cb2.sids[300:, lvl]].any() for lvl in range(3))  # semantic codes only

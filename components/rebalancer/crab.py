@@ -329,6 +329,8 @@ def _rebalance(
         token_origin=token_origin,
         stats=stats_extra,
         dataset_ref=cb.dataset_ref,
+        encoder_weights=cb.encoder_weights,  # splitting changes no codeword space: new items still encode
+        encoder_config=cb.encoder_config,
     )
     pb = [token_popularity(sids, counts, lvl, cb.sizes[lvl]) for lvl in range(L)]
     pa = [token_popularity(new_sids, counts, lvl, new_sizes[lvl]) for lvl in range(L)]
@@ -354,4 +356,10 @@ def _rebalance(
         params=params,
     )
     out.stats = {**stats_extra, **result.summary()}
+    for key in ("encoder", "flexcode"):  # the text encoder's name (new items) and FlexCode's views
+        if key in (cb.stats or {}):
+            out.stats[key] = cb.stats[key]
+    if "flexcode" in out.stats:  # a split token stays in its view: record the FlexCode token it descends from
+        prev = out.stats["flexcode"].get("token_origin") or [list(range(s)) for s in cb.sizes]
+        out.stats["flexcode"] = {**out.stats["flexcode"], "token_origin": [[int(prev[lvl][o]) for o in token_origin[lvl]] for lvl in range(L)]}
     return result

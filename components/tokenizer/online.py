@@ -55,4 +55,8 @@ def extend_codebook(cb: Codebook, new_ids: list[str], embeddings: np.ndarray) ->
         encoder_weights=cb.encoder_weights,
         encoder_config=cb.encoder_config,
     )
+    if "flexcode" in stats and "cf_tokens" in stats["flexcode"]:  # the per-item allocation covers the new items too
+        from components.tokenizer.flexcode import cf_tokens_of
+
+        new.stats = {**stats, "flexcode": {**stats["flexcode"], "cf_tokens": cf_tokens_of(new).tolist()}}
     return new, sids

@@ -12,12 +12,13 @@ import json
 import threading
 from typing import Any
 
-from components.registry import Registry
+from components.registry import ArtifactIncompatible, Registry
 from components.serving.grpc_server import unary
 from components.serving.pb.genrec.v1 import common_pb2, tokenizer_pb2, tokenizer_pb2_grpc
 from components.tokenizer.codebook import Codebook
 from components.tokenizer.encoders import TextEncoder, TokenizerError
 from components.tokenizer.online import embed_records, extend_codebook
+from components.tokenizer.tokenize import new_item_support
 
 SERVICE_NAME = "genrec.v1.Tokenizer"
 
@@ -91,7 +92,10 @@ class TokenizerService(tokenizer_pb2_grpc.TokenizerServicer):
             snap = self._snapshot(request.codebook_ref)
             if snap is not self._current:
                 raise TokenizerError(f"AddItems extends the current codebook {self._current.ref}, not {snap.ref}")
-            if self.encoder is None and self.params.encoder != "tfidf" and snap.cb.quantized_levels:
+            why = new_item_support(snap.cb)  # decided from the codebook alone: refuse before loading an encoder
+            if why:
+                raise ArtifactIncompatible(why)
+            if self.encoder is None and self.params.encoder != "tfidf":
                 from components.tokenizer.encoders import make_encoder
 
                 self.encoder = make_encoder(self.params, seed=self.seed, progress=False)  # loaded once, reused

@@ -95,13 +95,19 @@ def assign_new_items(codebook: Codebook, embeddings: np.ndarray) -> np.ndarray:
     with a disambiguation level, the SID ``(prefix, k, t)`` uses the smallest free ``t`` below
     that level's size. Without one, a full prefix widens the search one level up (as in
     ``collisions=reassign``). Raises :class:`TokenizerError` if an item has no free SID left.
-    The codebook itself is not modified.
+    The codebook itself is not modified. A FlexCode codebook (also after CRAB) places new items
+    with its stored semantic encoder
+    (:func:`~components.tokenizer.flexcode.assign_new_flexcode_items`);
+    :func:`new_item_support` says beforehand why a codebook cannot place new items.
     """
-    if codebook.method == "flexcode":
-        raise TokenizerError("flexcode codebooks cannot place new items yet (their codewords live in the learned latent space); rebuild the codebook")
+    why = new_item_support(codebook)
+    if why:
+        raise TokenizerError(why)
+    if _is_flexcode(codebook):
+        from components.tokenizer.flexcode import assign_new_flexcode_items
+
+        return assign_new_flexcode_items(codebook, embeddings)
     levels = codebook.quantized_levels
-    if not levels or levels != list(range(len(levels))):
-        raise TokenizerError(f"codebook {codebook.method!r} has no codewords for levels 0..{codebook.n_levels - 1}; cannot place new items")
     x = check_embeddings(embeddings, dim=codebook.input_dim, what="new item embeddings")
     if codebook.encoder_weights:
         from components.tokenizer.rq_vae import encode_latents
@@ -136,6 +142,25 @@ def assign_new_items(codebook: Codebook, embeddings: np.ndarray) -> np.ndarray:
         taken.add(full)
         out[i] = full
     return out
+
+
+def _is_flexcode(codebook: Codebook) -> bool:
+    return codebook.method.split("+")[0] == "flexcode" or "flexcode" in (codebook.stats or {})
+
+
+def new_item_support(codebook: Codebook) -> str | None:
+    """Why :func:`assign_new_items` cannot place new items in ``codebook`` (None: it can). Decided
+    from the codebook alone, so a caller can refuse before loading a text encoder."""
+    if _is_flexcode(codebook):
+        if "token_split" not in (codebook.stats.get("flexcode") or {}):
+            return f"codebook {codebook.method!r} has lost its FlexCode token split (stats['flexcode']): new items cannot be placed in it"
+        from components.tokenizer.flexcode import new_item_support as flexcode_support
+
+        return flexcode_support(codebook)
+    levels = codebook.quantized_levels
+    if not levels or levels != list(range(len(levels))):
+        return f"codebook {codebook.method!r} has no codewords for levels 0..{codebook.n_levels - 1}; cannot place new items"
+    return None
 
 
 def load_codebook(registry: Registry, ref: str, dataset_art: Artifact | None = None, item_ids: list[str] | None = None) -> tuple[Codebook, Artifact]:
