@@ -30,5 +30,7 @@ ENV PATH=/srv/genrec/.venv/bin:$PATH
 
 EXPOSE 50051 3000
 # default: the generator gRPC service; override e.g. `genrec serve retrieval --port 50052`
-# or `bentoml serve components.serving.bento:GenRecService --port 3000`
+# or `bentoml serve components.serving.bento:GenRecService --port 3000`.
+# Off loopback the services refuse plaintext: mount a certificate and set GENREC_TLS_CERT / GENREC_TLS_KEY
+# (and GENREC_AUTH_TOKEN), or pass -e GENREC_ALLOW_INSECURE=1 for a local try (README "Security").
 CMD ["genrec", "serve", "generator", "--host", "0.0.0.0", "--port", "50051"]

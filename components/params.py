@@ -26,7 +26,7 @@ class DataParams(Section):
     """``data:`` which dataset the pipeline runs on and how it is prepared."""
 
     dataset: str = Field("industrial", description="catalog name (industrial, ml-100k) or any name with `format` and `path` set")
-    format: Literal["auto", "minionerec", "recbole", "amazon2018"] = Field(
+    format: Literal["auto", "minionerec", "minionerec-csv", "recbole", "amazon2018", "amazon2023", "table"] = Field(
         "auto", description="loader; auto = the catalog's format for known names"
     )
     path: str | None = Field(None, description="your own dataset: directory `genrec data fetch` copies raw files from (prepare reads data/raw/<dataset>)")
@@ -36,7 +36,15 @@ class DataParams(Section):
     start_time: str | None = Field(None, description="amazon2018: keep reviews at or after this date (YYYY-MM or YYYY-MM-DD)")
     end_time: str | None = Field(None, description="amazon2018: keep reviews before this date (YYYY-MM or YYYY-MM-DD)")
     max_title_chars: int = Field(300, ge=1, description="amazon2018: drop items whose cleaned title is longer")
-    split_ratio: tuple[float, float, float] = Field((0.8, 0.1, 0.1), description="amazon2018: chronological train/valid/test ratio")
+    split_ratio: tuple[float, float, float] = Field((0.8, 0.1, 0.1), description="amazon2018 / table split time: chronological train/valid/test ratio")
+    # Plain tables (format table): interactions CSV (Parquet with pyarrow) + items CSV/JSONL
+    interactions_file: str | None = Field(None, description="table: interactions file inside the raw directory; null = interactions.{csv,tsv,parquet}")
+    items_file: str | None = Field(None, description="table: items file inside the raw directory; null = items.{csv,tsv,jsonl,parquet}")
+    user_col: str = Field("user_id", description="table: user id column of the interactions")
+    item_col: str = Field("item_id", description="table: item id column of the interactions and the items")
+    time_col: str | None = Field("timestamp", description="table: timestamp column (number or ISO date); null = file order")
+    text_cols: list[str] = Field(default_factory=list, description="table: item text columns; [] = every items column except the id")
+    split: Literal["leave-one-out", "time"] = Field("leave-one-out", description="table: leave-one-out per user (as recbole) or chronological by split_ratio (as amazon2018)")
 
 
 class RegistryParams(Section):

@@ -5,24 +5,31 @@ from __future__ import annotations
 from pathlib import Path
 
 from components.data.amazon import load_amazon2018
+from components.data.amazon2023 import load_amazon2023
 from components.data.dataset import PAD, SPLITS, DataError, Dataset, Split
 from components.data.fetch import CATALOG, catalog_entry, fetch
 from components.data.minionerec import load_minionerec
+from components.data.minionerec_csv import load_minionerec_csv
 from components.data.recbole import load_recbole
+from components.data.table import DataWarning, load_table
 
 __all__ = [
     "CATALOG",
     "PAD",
     "SPLITS",
     "DataError",
+    "DataWarning",
     "Dataset",
     "Split",
     "catalog_entry",
     "fetch",
     "load_amazon2018",
+    "load_amazon2023",
     "load_dataset",
     "load_minionerec",
+    "load_minionerec_csv",
     "load_recbole",
+    "load_table",
 ]
 
 
@@ -42,10 +49,12 @@ def load_dataset(data_params, raw_root: str | Path = "data/raw") -> Dataset:
         raise DataError(f"{path}: no raw data; run `genrec data fetch {name}` first")
     if fmt == "minionerec":
         return load_minionerec(path, name=name, max_history=max_history)
+    if fmt == "minionerec-csv":
+        return load_minionerec_csv(path, name=name, max_history=max_history)
     if fmt == "recbole":
         return load_recbole(path, name=name, max_history=max_history)
-    if fmt == "amazon2018":
-        return load_amazon2018(
+    if fmt in ("amazon2018", "amazon2023"):
+        return (load_amazon2018 if fmt == "amazon2018" else load_amazon2023)(
             path,
             name=name,
             max_history=max_history,
@@ -54,5 +63,20 @@ def load_dataset(data_params, raw_root: str | Path = "data/raw") -> Dataset:
             end_time=data_params.end_time,
             max_title_chars=data_params.max_title_chars,
             split_ratio=tuple(data_params.split_ratio),
+        )
+    if fmt == "table":
+        return load_table(
+            path,
+            name=name,
+            max_history=max_history,
+            k=data_params.k_core,
+            split=data_params.split,
+            split_ratio=tuple(data_params.split_ratio),
+            user_col=data_params.user_col,
+            item_col=data_params.item_col,
+            time_col=data_params.time_col,
+            text_cols=list(data_params.text_cols),
+            interactions_file=data_params.interactions_file,
+            items_file=data_params.items_file,
         )
     raise DataError(f"unknown data.format {fmt!r}")

@@ -1,11 +1,14 @@
-"""``genrec data fetch|stats`` and ``genrec prepare``."""
+"""``genrec data fetch|stats|validate`` and ``genrec prepare``."""
 
 from __future__ import annotations
 
+import sys
 
 from components.data import CATALOG, Dataset, fetch, load_dataset
+from components.data.dataset import DataError
 from components.data.fetch import fetch_local
 from components.data.stats import dataset_stats, format_stats
+from components.data.validate import validate
 from components.registry.store import write_json_atomic as _write_json
 
 
@@ -26,6 +29,11 @@ def register(sub) -> None:
     s.add_argument("ref", nargs="?", default=None, help="dataset artifact (default: dataset/<data.dataset>@latest)")
     s.add_argument("--out", default=None, help="also write the statistics as JSON (a DVC metric)")
     s.set_defaults(func=cmd_stats)
+
+    v = dsub.add_parser("validate", help="detect a raw data directory's format, count it and list every problem (file:line)")
+    v.add_argument("path", nargs="?", default=None, help="raw data directory (default: data.path, else data/raw/<data.dataset>)")
+    v.add_argument("--format", default=None, help="format instead of data.format (auto-detected when auto)")
+    v.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("prepare", help="load the raw dataset (data: params) and write a dataset artifact")
     p.add_argument("--raw", default="data/raw", help="raw data root (default: data/raw)")
@@ -53,8 +61,40 @@ def cmd_stats(args, ctx) -> int:
     return 0
 
 
+def cmd_validate(args, ctx) -> int:
+    dp = ctx.params.data
+    if args.format:
+        dp = dp.model_copy(update={"format": args.format})
+    path = args.path or dp.path or f"data/raw/{dp.dataset}"
+    report = validate(path, dp)
+    print(report.text())
+    return 1 if report.errors else 0
+
+
+def check_raw(data_params, raw_root) -> None:
+    """``prepare``'s check: errors stop it (DataError), warnings are printed."""
+    from pathlib import Path
+
+    from components.data import CATALOG
+
+    path = Path(raw_root) / data_params.dataset
+    if not path.is_dir():
+        return  # load_dataset names what is missing
+    dp = data_params
+    if dp.format == "auto" and dp.dataset in CATALOG:
+        dp = dp.model_copy(update={"format": CATALOG[dp.dataset].format})
+    report = validate(path, dp)
+    if report.errors:
+        print(report.text(limit=20), file=sys.stderr)
+        first = report.errors[0]
+        raise DataError(f"{len(report.errors)} data errors in {path}, first {first} (all: `genrec data validate {path}`)")
+    if report.warnings:
+        print(report.text(limit=10))
+
+
 def cmd_prepare(args, ctx) -> int:
     params = ctx.params
+    check_raw(params.data, args.raw)
     ds = load_dataset(params.data, raw_root=args.raw)
     art = ds.save(ctx.registry, params={"data": params.data.model_dump(mode="json")})
     print(f"wrote {art.ref}: {ds.n_items:,} items, {ds.n_users:,} users, "

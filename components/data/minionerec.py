@@ -44,8 +44,9 @@ def _clean(value: Any) -> str:
     return " ".join(str(value).split())
 
 
-def read_inter_tsv(path: Path, item_index: dict[str, int], user_index: dict[str, int]) -> tuple[list[int], list[list[int]], list[int]]:
-    users, histories, targets = [], [], []
+def read_inter_tsv(path: Path, item_index: dict[str, int], user_index: dict[str, int], with_lines: bool = False):
+    """``(users, histories, targets)`` (plus line numbers with ``with_lines``); errors name file:line."""
+    users, histories, targets, lines = [], [], [], []
     try:
         f = open(path, encoding="utf-8")
     except FileNotFoundError:
@@ -71,7 +72,65 @@ def read_inter_tsv(path: Path, item_index: dict[str, int], user_index: dict[str,
             users.append(user_index[user])
             histories.append([item_index[i] for i in hist.split()])
             targets.append(item_index[target])
+            lines.append(lineno)
+    if with_lines:
+        return users, histories, targets, lines
     return users, histories, targets
+
+
+def rebuild_sequences(raw_splits: dict, n_users: int, paths: dict[str, Path]) -> list[list[int]]:
+    """Each user's full sequence from the sliding-window samples, read train → valid → test in
+    file order: the first sample gives ``history + [target]``, every later one must continue it
+    (its history is the sequence's suffix) and appends its target."""
+    seqs: list[list[int] | None] = [None] * n_users
+    for s in SPLITS:
+        users, hist, targets, lines = raw_splits[s]
+        for u, h, t, lineno in zip(users, hist, targets, lines):
+            seq = seqs[u]
+            if seq is None:
+                seqs[u] = [*h, t]
+                continue
+            if h and seq[-len(h):] != h:
+                raise DataError(
+                    f"{paths[s]}:{lineno}: history does not continue this user's earlier samples "
+                    f"(expected it to end the sequence so far); cannot rebuild the user sequence"
+                )
+            seq.append(t)
+    return [s or [] for s in seqs]
+
+
+def read_inter_json(inter_path: Path, item_index: dict[str, int]) -> dict[str, list[int]]:
+    raw_seq = read_json(inter_path)
+    if not isinstance(raw_seq, dict):
+        raise DataError(f"{inter_path}: expected an object user -> item list")
+    out = {}
+    for uid, seq in raw_seq.items():
+        if not isinstance(seq, list):
+            raise DataError(f"{inter_path}: user {uid!r}: expected a list of item ids")
+        unknown = [str(i) for i in seq if str(i) not in item_index]
+        if unknown:
+            raise DataError(f"{inter_path}: user {uid!r}: item ids with no item record: {unknown[:5]}")
+        out[uid] = [item_index[str(i)] for i in seq]
+    return out
+
+
+def check_sequences(inter_path: Path, given: dict[str, list[int]], user_index: dict[str, int], rebuilt: list[list[int]], item_ids: list[str]) -> None:
+    """``*.inter.json`` must agree with the sequences rebuilt from the split files; a user with
+    no sample (at most one interaction) may appear in ``*.inter.json`` only."""
+    for uid, u in user_index.items():
+        want = rebuilt[u]
+        if uid not in given:
+            raise DataError(f"{inter_path}: user {uid!r} has samples in the split files but no sequence")
+        got = given[uid]
+        if not want and len(got) <= 1:
+            continue
+        if got != want:
+            k = next((n for n, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+            raise DataError(
+                f"{inter_path}: user {uid!r} disagrees with the split files at position {k}: "
+                f"inter.json has {len(got)} items {[item_ids[x] for x in got[k:k + 3]]}..., the split files give "
+                f"{len(want)} items {[item_ids[x] for x in want[k:k + 3]]}..."
+            )
 
 
 def load_minionerec(directory: str | Path, name: str | None = None, max_history: int = 10) -> Dataset:
@@ -96,27 +155,25 @@ def load_minionerec(directory: str | Path, name: str | None = None, max_history:
         texts.append({k: _clean(v) for k, v in rec.items()})
     item_index = {iid: i for i, iid in enumerate(item_ids)}
 
+    # users keep the order of *.inter.json when it is there, else their first appearance in the splits
     inter_path = d / f"{prefix}.inter.json"
-    raw_seq = read_json(inter_path)
-    if not isinstance(raw_seq, dict):
-        raise DataError(f"{inter_path}: expected an object user -> item list")
-    user_index: dict[str, int] = {}
-    sequences: list[list[int]] = []
-    for uid, seq in raw_seq.items():
-        if not isinstance(seq, list):
-            raise DataError(f"{inter_path}: user {uid!r}: expected a list of item ids")
-        unknown = [str(i) for i in seq if str(i) not in item_index]
-        if unknown:
-            raise DataError(f"{inter_path}: user {uid!r}: item ids with no item record: {unknown[:5]}")
-        user_index[uid] = len(user_index)
-        sequences.append([item_index[str(i)] for i in seq])
-
+    given = read_inter_json(inter_path, item_index) if inter_path.is_file() else None
+    user_index: dict[str, int] = {uid: u for u, uid in enumerate(given or {})}
     splits = {}
+    raw_splits = {}
     for s in SPLITS:
-        users, hist, targets = read_inter_tsv(d / f"{prefix}.{s}.inter", item_index, user_index)
+        raw_splits[s] = read_inter_tsv(d / f"{prefix}.{s}.inter", item_index, user_index, with_lines=True)
+        users, hist, targets, _ = raw_splits[s]
         splits[s] = Split.from_lists(users, hist, targets, max_history)
-    # users that appear only in the split files get an empty full sequence
-    sequences.extend([] for _ in range(len(user_index) - len(sequences)))
+    if len(splits["train"]) == 0:
+        raise DataError(f"dataset {name or prefix!r} has no training samples ({prefix}.train.inter is empty)")
+    sequences = rebuild_sequences(raw_splits, len(user_index), {s: d / f"{prefix}.{s}.inter" for s in SPLITS})
+    if given is not None:
+        check_sequences(inter_path, given, user_index, sequences, item_ids)
+        sequences = [given.get(uid, sequences[u]) for uid, u in user_index.items()]
+        seq_source = inter_path.name
+    else:
+        seq_source = "rebuilt from split files"
     user_ids = [None] * len(user_index)
     for uid, u in user_index.items():
         user_ids[u] = uid
@@ -129,5 +186,5 @@ def load_minionerec(directory: str | Path, name: str | None = None, max_history:
         splits=splits,
         max_history=max_history,
         text_fields=fields,
-        source={"format": "minionerec", "path": str(d), "prefix": prefix},
+        source={"format": "minionerec", "path": str(d), "prefix": prefix, "sequences": seq_source},
     )

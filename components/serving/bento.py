@@ -13,10 +13,16 @@ registry — the same loading path as every other front door, and no pickle.
 concurrent calls into batches (``max_batch_size``, ``max_latency_ms``) and every request gets its
 own answer: a bad request (unknown ids, k out of range) gets an ``error`` and does not fail the
 others in its batch.
+
+With ``GENREC_AUTH_TOKEN`` set (in the environment of ``bentoml serve``), every HTTP route but the
+probes (``/livez``, ``/readyz``, ``/healthz``, ``/metrics``) needs ``Authorization: Bearer <token>``:
+missing → 401, wrong → 403 (the same token rule as the gRPC services). TLS: ``bentoml serve
+--ssl-certfile ... --ssl-keyfile ...`` or a TLS-terminating proxy.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -26,12 +32,48 @@ import bentoml
 from pydantic import BaseModel, Field
 
 from components.registry import Registry, parse_ref
+from components.serving.security import bearer, check_token
 
 log = logging.getLogger("genrec.bento")
 MODEL_NAME = "genrec-generator"
 MODEL_TAG = os.environ.get("GENREC_BENTO_MODEL", f"{MODEL_NAME}:latest")
 MAX_K = int(os.environ.get("GENREC_BENTO_MAX_K", "100"))
 MAX_HISTORY = int(os.environ.get("GENREC_BENTO_MAX_HISTORY", "200"))
+AUTH_TOKEN_ENV = "GENREC_AUTH_TOKEN"
+OPEN_PATHS = ("/livez", "/readyz", "/healthz", "/metrics")
+
+
+class BearerTokenMiddleware:
+    """ASGI middleware: HTTP requests (but ``open_paths``) need ``Authorization: Bearer <token>``;
+    missing → 401, wrong → 403, compared in constant time; the app is not reached."""
+
+    def __init__(self, app, token: str, open_paths: tuple[str, ...] = OPEN_PATHS):
+        if not token:
+            raise ValueError("empty auth token")
+        self.app, self.token, self.open_paths = app, token, tuple(open_paths)
+
+    async def __call__(self, scope, receive, send):
+        if scope.get("type") != "http" or scope.get("path", "").rstrip("/") in self.open_paths:
+            return await self.app(scope, receive, send)
+        got = bearer([(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope.get("headers", [])])
+        code = check_token(self.token, got)
+        if code is None:
+            return await self.app(scope, receive, send)
+        status, msg = (401, "missing bearer token (Authorization: Bearer <token>)") if code.name == "UNAUTHENTICATED" else (403, "invalid bearer token")
+        body = json.dumps({"error": msg}).encode()
+        await send({"type": "http.response.start", "status": status, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"www-authenticate", b'Bearer realm="genrec"')]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def install_auth(service_cls, token: str | None = None) -> bool:
+    """Add :class:`BearerTokenMiddleware` to a BentoML service when a token is given or in
+    ``GENREC_AUTH_TOKEN``; True when installed."""
+    token = (token or os.environ.get(AUTH_TOKEN_ENV, "")).strip()
+    if not token:
+        return False
+    service_cls.add_asgi_middleware(BearerTokenMiddleware, token=token)
+    return True
 
 
 class RecommendRequest(BaseModel):
@@ -50,7 +92,7 @@ class RecommendResponse(BaseModel):
     error: str | None = None
 
 
-def import_to_bentoml(registry: Registry, ref: str, name: str = MODEL_NAME) -> "bentoml.Model":
+def import_to_bentoml(registry: Registry, ref: str, name: str = MODEL_NAME) -> bentoml.Model:
     """Copy ``generator/...`` and its codebook into a new BentoML model (a mini registry)."""
     gen = registry.load(ref)
     if gen.kind != "generator":
@@ -121,3 +163,7 @@ class GenRecService:
     @bentoml.api
     def info(self) -> dict:
         return {"model_ref": self.model_ref, "device": self.device, "n_items": len(self.rec.item_ids)}
+
+
+if install_auth(GenRecService):
+    log.info("genrec bento: bearer token required (%s)", AUTH_TOKEN_ENV)

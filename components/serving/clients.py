@@ -15,6 +15,7 @@ import grpc
 
 from components.serving.grpc_server import Unavailable
 from components.serving.pb.genrec.v1 import retrieval_pb2, retrieval_pb2_grpc, tokenizer_pb2, tokenizer_pb2_grpc
+from components.serving.security import Security
 
 log = logging.getLogger("genrec.clients")
 T = TypeVar("T")
@@ -22,17 +23,21 @@ RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grp
 
 
 class _Client:
-    def __init__(self, address: str, timeout_s: float = 2.0, retries: int = 2, backoff_s: float = 0.05):
+    def __init__(self, address: str, timeout_s: float = 2.0, retries: int = 2, backoff_s: float = 0.05, security: Security | None = None):
+        """``security``: TLS trust (``tls_ca``, mTLS client cert/key) and the bearer token sent as
+        ``authorization: Bearer <token>`` on every call; default plaintext, no token."""
         if not address:
             raise ValueError("empty service address")
         self.address, self.timeout_s, self.retries, self.backoff_s = address, timeout_s, retries, backoff_s
-        self.channel = grpc.insecure_channel(address)
+        self.security = security or Security()
+        self.channel = self.security.channel(address)
+        self._metadata = self.security.metadata() or None
 
     def _call(self, fn: Callable[..., T], request, what: str) -> T:
         last: grpc.RpcError | None = None
         for attempt in range(self.retries + 1):
             try:
-                return fn(request, timeout=self.timeout_s)
+                return fn(request, timeout=self.timeout_s, metadata=self._metadata)
             except grpc.RpcError as e:
                 if e.code() not in RETRYABLE:
                     raise

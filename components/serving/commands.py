@@ -12,6 +12,8 @@ def register(sub) -> None:
     s.add_argument("--port", type=int, default=0, help="0 = any free port (printed)")
     s.add_argument("--artifact", default=None, help="artifact the service serves (default: the latest of the params' dataset)")
     s.add_argument("--grace", type=float, default=5.0, help="seconds in-flight calls get on shutdown")
+    s.add_argument("--insecure", action="store_true",
+                   help="allow plaintext gRPC on a non-loopback --host (otherwise TLS is required there: serving.tls_cert/tls_key)")
     s.set_defaults(func=cmd_serve)
     register_bento(sub)
 
@@ -50,7 +52,9 @@ def _generator(args, ctx):
     ref = args.artifact or f"generator/{p.generator.name or p.data.dataset + '-' + p.generator.backbone}@latest"
     art = ctx.registry.load(ref)
     rec = Recommender.from_registry(ctx.registry, art.ref, device=resolve_device(sp.device), batch_size=sp.max_batch)
-    kw = {"timeout_s": sp.client_timeout_s, "retries": sp.client_retries}
+    from components.serving.security import Security
+
+    kw = {"timeout_s": sp.client_timeout_s, "retries": sp.client_retries, "security": Security.resolve(sp)}
     service = GeneratorService(
         rec, art.ref, registry=ctx.registry,
         limits=Limits(sp.max_history, sp.max_k, sp.max_beam, sp.max_batch, sp.default_beam, sp.batch_wait_ms),
@@ -85,10 +89,13 @@ SERVICES = {"retrieval": _retrieval, "tokenizer": _tokenizer, "rebalancer": _reb
 
 def cmd_serve(args, ctx) -> int:
     from components.serving.grpc_server import serve
+    from components.serving.security import Security
 
     logging.getLogger("genrec").setLevel(logging.INFO)
+    security = Security.resolve(ctx.params.serving, allow_insecure=True if getattr(args, "insecure", False) else None)
+    security.check_server(args.host)  # refuse before loading any artifact
     registrations = SERVICES[args.service](args, ctx)
-    serve(registrations, host=args.host, port=args.port, grace_s=args.grace)
+    serve(registrations, host=args.host, port=args.port, grace_s=args.grace, security=security)
     return 0
 
 

@@ -7,6 +7,8 @@
   status codes: bad input → INVALID_ARGUMENT, unknown artifact → NOT_FOUND, incompatible
   artifacts → FAILED_PRECONDITION, a dependency down → UNAVAILABLE, anything else → INTERNAL
   (logged). The server keeps serving after each.
+- :class:`~components.serving.security.Security`: TLS / mTLS, bearer-token interceptor, and no
+  plaintext off loopback unless explicitly allowed.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from grpc_health.v1._async import HealthServicer as AioHealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from components.registry import ArtifactCorrupted, ArtifactIncompatible, ArtifactNotFound
+from components.serving.security import Security
 
 log = logging.getLogger("genrec.serving")
 
@@ -146,10 +149,12 @@ async def _run(server: grpc.aio.Server, health_servicer: AioHealthServicer, name
     stopper.cancel()
 
 
-def build_server(registrations: list[tuple[Callable, Any, str]], max_message_mb: int = 16) -> tuple[grpc.aio.Server, AioHealthServicer, list[str]]:
-    """``registrations``: ``(add_XServicer_to_server, servicer, full service name)``."""
+def build_server(registrations: list[tuple[Callable, Any, str]], max_message_mb: int = 16,
+                 security: Security | None = None) -> tuple[grpc.aio.Server, AioHealthServicer, list[str]]:
+    """``registrations``: ``(add_XServicer_to_server, servicer, full service name)``; ``security``
+    adds the bearer-token interceptor when it has a token (TLS is applied when binding)."""
     opts = [("grpc.max_receive_message_length", max_message_mb << 20), ("grpc.max_send_message_length", max_message_mb << 20)]
-    server = grpc.aio.server(options=opts)
+    server = grpc.aio.server(options=opts, interceptors=(security or Security()).interceptors())
     names = []
     for add, servicer, name in registrations:
         add(servicer, server)
@@ -160,16 +165,22 @@ def build_server(registrations: list[tuple[Callable, Any, str]], max_message_mb:
     return server, health_servicer, names
 
 
-def serve(registrations: list[tuple[Callable, Any, str]], host: str = "127.0.0.1", port: int = 0, grace_s: float = 5.0, on_port: Callable[[int], None] | None = None) -> None:
-    """Blocking: serve until SIGTERM/SIGINT. ``port=0`` picks a free port (reported to ``on_port``)."""
+def serve(registrations: list[tuple[Callable, Any, str]], host: str = "127.0.0.1", port: int = 0, grace_s: float = 5.0,
+          on_port: Callable[[int], None] | None = None, security: Security | None = None) -> None:
+    """Blocking: serve until SIGTERM/SIGINT. ``port=0`` picks a free port (reported to ``on_port``).
+    ``security``: TLS / bearer token / plaintext policy (default: plaintext, loopback only)."""
+    security = security or Security()
+    security.check_server(host)  # refuse bad TLS settings / plaintext off loopback before starting
 
     async def main() -> None:
-        server, hs, names = build_server(registrations)
-        bound = server.add_insecure_port(f"{host}:{port}")
+        server, hs, names = build_server(registrations, security=security)
+        bound = security.bind(server, host, port)
         if bound == 0:
             raise OSError(f"cannot bind {host}:{port}")
-        log.info("serving %s on %s:%d", ", ".join(names), host, bound)
-        print(f"genrec: serving {', '.join(names)} on {host}:{bound}", flush=True)
+        mode = ("mTLS" if security.tls_client_ca else "TLS") if security.server_tls else "plaintext"
+        auth = (" auth=all" if security.auth_all else " auth=writes") if security.auth_token else ""
+        log.info("serving %s (%s%s) on %s:%d", ", ".join(names), mode, auth, host, bound)
+        print(f"genrec: serving {', '.join(names)} ({mode}{auth}) on {host}:{bound}", flush=True)  # port last: scripts parse it
         if on_port:
             on_port(bound)
         await _run(server, hs, names, grace_s, None)
@@ -183,10 +194,12 @@ class BackgroundServer:
     ``with BackgroundServer([...]) as port: ...`` serves on 127.0.0.1:port until the block ends.
     """
 
-    def __init__(self, registrations: list[tuple[Callable, Any, str]], host: str = "127.0.0.1", port: int = 0, grace_s: float = 1.0):
+    def __init__(self, registrations: list[tuple[Callable, Any, str]], host: str = "127.0.0.1", port: int = 0, grace_s: float = 1.0,
+                 security: Security | None = None):
         import threading
 
         self.registrations, self.host, self.port, self.grace_s = registrations, host, port, grace_s
+        self.security = security or Security()
         self._thread = threading.Thread(target=self._main, daemon=True)
         self._started = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -197,8 +210,8 @@ class BackgroundServer:
         async def main() -> None:
             self._loop = asyncio.get_running_loop()
             self._stop = asyncio.Event()
-            server, hs, names = build_server(self.registrations)
-            self.port = server.add_insecure_port(f"{self.host}:{self.port}")
+            server, hs, names = build_server(self.registrations, security=self.security)
+            self.port = self.security.bind(server, self.host, self.port)
             await server.start()
             for n in names:
                 await hs.set(n, health_pb2.HealthCheckResponse.SERVING)

@@ -1,4 +1,4 @@
-"""``serving:`` params: request bounds, service addresses, client timeouts."""
+"""``serving:`` params: request bounds, service addresses, client timeouts, TLS and auth."""
 
 from __future__ import annotations
 
@@ -22,3 +22,12 @@ class ServingParams(Section):
     client_retries: int = Field(2, ge=0, description="retries of a service-to-service call on UNAVAILABLE / DEADLINE_EXCEEDED")
     refresh_s: float = Field(0.0, ge=0, description="poll the tokenizer for a new codebook every N seconds; 0 = only on unknown items")
     device: str = Field("auto", description="generator inference device: auto (cuda when present) | cpu | cuda[:i]")
+    tls_cert: str | None = Field(None, description="server certificate chain (PEM) → serve over TLS; env GENREC_TLS_CERT wins")
+    tls_key: str | None = Field(None, description="server private key (PEM), with tls_cert; env GENREC_TLS_KEY wins")
+    tls_client_ca: str | None = Field(None, description="server: CA (PEM) client certificates must chain to → mutual TLS; env GENREC_TLS_CLIENT_CA")
+    tls_ca: str | None = Field(None, description="clients: CA (PEM) the services' certificates must chain to → TLS channels; env GENREC_TLS_CA")
+    tls_client_cert: str | None = Field(None, description="clients: certificate (PEM) presented for mutual TLS; env GENREC_TLS_CLIENT_CERT")
+    tls_client_key: str | None = Field(None, description="clients: private key (PEM) for mutual TLS; env GENREC_TLS_CLIENT_KEY")
+    auth_token: str | None = Field(None, description="bearer token required for AddItems / Rebalance (and sent by clients); prefer env GENREC_AUTH_TOKEN")
+    auth_all: bool = Field(False, description="require the bearer token for every call, not only state-changing ones (health checks stay open)")
+    allow_insecure: bool = Field(False, description="allow plaintext gRPC on a non-loopback address (like `genrec serve --insecure`)")
