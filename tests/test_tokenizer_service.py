@@ -91,7 +91,7 @@ def test_add_items_new_codebook(served):
         ("Tokenize", tokenizer_pb2.TokenizeRequest(item_ids=["0"] * 101), grpc.StatusCode.INVALID_ARGUMENT, "at most 100"),
         ("Tokenize", tokenizer_pb2.TokenizeRequest(codebook_ref="codebook/none@latest"), grpc.StatusCode.NOT_FOUND, "no artifact"),
         ("Tokenize", tokenizer_pb2.TokenizeRequest(codebook_ref="bad ref"), grpc.StatusCode.NOT_FOUND, "malformed"),
-        ("AddItems", tokenizer_pb2.AddItemsRequest(items=[tokenizer_pb2.NewItem(item_id="0", fields={"title": "x"})]), grpc.StatusCode.INVALID_ARGUMENT, "already in the codebook"),
+        ("AddItems", tokenizer_pb2.AddItemsRequest(items=[tokenizer_pb2.NewItem(item_id="0", fields={"title": "x"})]), grpc.StatusCode.FAILED_PRECONDITION, "from the catalog"),
         ("AddItems", tokenizer_pb2.AddItemsRequest(items=[tokenizer_pb2.NewItem(item_id="e", fields={"title": " "})]), grpc.StatusCode.INVALID_ARGUMENT, "has no text"),
         ("AddItems", tokenizer_pb2.AddItemsRequest(items=[]), grpc.StatusCode.INVALID_ARGUMENT, "no items"),
     ],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from typing import Callable, TypeVar
 
 import grpc
@@ -74,3 +75,13 @@ class TokenizerClient(_Client):
 
     def current_codebook_ref(self) -> str:
         return self._call(self.stub.CodebookStats, tokenizer_pb2.CodebookStatsRequest(), "tokenizer").codebook_ref
+
+    def add_items(self, items: dict[str, dict[str, str]], codebook_ref: str = "", request_id: str | None = None) -> tokenizer_pb2.AddItemsResponse:
+        """Add items (id → text fields). Every try sends the same ``request_id`` (a fresh one unless
+        given), so a retry after a lost answer gets the first commit's answer, not an error."""
+        req = tokenizer_pb2.AddItemsRequest(
+            codebook_ref=codebook_ref,
+            items=[tokenizer_pb2.NewItem(item_id=i, fields=f) for i, f in items.items()],
+            request_id=request_id or uuid.uuid4().hex,
+        )
+        return self._call(self.stub.AddItems, req, "tokenizer")

@@ -9,6 +9,8 @@ codebook can decode the new items at once (only its trie changes).
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 import numpy as np
@@ -33,8 +35,20 @@ def embed_records(cb: Codebook, records: dict[str, dict[str, Any]], p: Any, seed
     return enc.encode(item_texts(ids, list(records.values()), p.text_fields, p.max_field_chars))
 
 
-def extend_codebook(cb: Codebook, new_ids: list[str], embeddings: np.ndarray) -> tuple[Codebook, np.ndarray]:
-    """A new codebook with ``new_ids`` appended; returns it and the new items' SIDs."""
+TEXT_HASHES = "online_text_sha256"  # stats key: item id → sha256 of the text it was added with
+
+
+def text_hash(fields: dict[str, Any]) -> str:
+    """Fingerprint of an item's text fields (order-independent), to tell a retry from a conflict."""
+    return hashlib.sha256(json.dumps({str(k): str(v) for k, v in fields.items()}, sort_keys=True).encode()).hexdigest()
+
+
+def extend_codebook(cb: Codebook, new_ids: list[str], embeddings: np.ndarray,
+                    text_hashes: dict[str, str] | None = None) -> tuple[Codebook, np.ndarray]:
+    """A new codebook with ``new_ids`` appended; returns it and the new items' SIDs.
+
+    ``text_hashes`` (item id → :func:`text_hash`) are kept in the stats, so a later AddItems can
+    tell a retry of the same item (same text) from a different item under a taken id."""
     dup = sorted(set(new_ids) & set(cb.item_ids))
     if dup:
         raise TokenizerError(f"items already in the codebook: {dup[:10]}")
@@ -43,6 +57,8 @@ def extend_codebook(cb: Codebook, new_ids: list[str], embeddings: np.ndarray) ->
     sids = assign_new_items(cb, embeddings)
     stats = dict(cb.stats)
     stats["online_items_added"] = int(stats.get("online_items_added", 0)) + len(new_ids)
+    if text_hashes:
+        stats[TEXT_HASHES] = {**stats.get(TEXT_HASHES, {}), **{i: text_hashes[i] for i in new_ids if i in text_hashes}}
     new = Codebook(
         sids=np.concatenate([cb.sids, sids]).astype(np.int32),
         sizes=list(cb.sizes),

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from components.serving.pb.genrec.v1 import common_pb2 as genrec_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19genrec/v1/tokenizer.proto\x12\tgenrec.v1\x1a\x16genrec/v1/common.proto\"9\n\x0fTokenizeRequest\x12\x14\n\x0c\x63odebook_ref\x18\x01 \x01(\t\x12\x10\n\x08item_ids\x18\x02 \x03(\t\"M\n\x10TokenizeResponse\x12\x14\n\x0c\x63odebook_ref\x18\x01 \x01(\t\x12#\n\x04sids\x18\x02 \x03(\x0b\x32\x15.genrec.v1.SemanticId\"N\n\x11\x44\x65tokenizeRequest\x12\x14\n\x0c\x63odebook_ref\x18\x01 \x01(\t\x12#\n\x04sids\x18\x02 \x03(\x0b\x32\x15.genrec.v1.SemanticId\"K\n\x12\x44\x65tokenizeResponse\x12\x14\n\x0c\x63odebook_ref\x18\x01 \x01(\t\x12\x10\n\x08item_ids\x18\x02 \x03(\t\x12\r\n\x05\x66ound\x18\x03 \x03(\x08\"y\n\x07NewItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12.\n\x06\x66ields\x18\x02 \x03(\x0b\x32\x1e.genrec.v1.NewItem.FieldsEntry\x1a-\n\x0b\x46ieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"J\n\x0f\x41\x64\x64ItemsRequest\x12\x14\n\x0c\x63odebook_ref\x18\x01 \x01(\t\x12!\n\x05items\x18\x02 \x03(\x0b\x32\x12.genrec.v1.NewItem\"M\n\x10\x41\x64\x64ItemsResponse\x12\x14\n\x0c\x63odebook_ref\x18\x01 \x01(\t\x12#\n\x04sids\x18\x02 \x03(\x0b\x32\x15.genrec.v1.SemanticId\",\n\x14\x43odebookStatsRequest\x12\x14\n\x0c\x63odebook_ref\x18\x01 \x01(\t\"N\n\x15\x43odebookStatsResponse\x12\x14\n\x0c\x63odebook_ref\x18\x01 \x01(\t\x12\x1f\n\x05stats\x18\x02 \x01(\x0b\x32\x10.genrec.v1.Stats2\xb4\x02\n\tTokenizer\x12\x43\n\x08Tokenize\x12\x1a.genrec.v1.TokenizeRequest\x1a\x1b.genrec.v1.TokenizeResponse\x12I\n\nDetokenize\x12\x1c.genrec.v1.DetokenizeRequest\x1a\x1d.genrec.v1.DetokenizeResponse\x12\x43\n\x08\x41\x64\x64Items\x12\x1a.genrec.v1.AddItemsRequest\x1a\x1b.genrec.v1.AddItemsResponse\x12R\n\rCodebookStats\x12\x1f.genrec.v1.CodebookStatsRequest\x1a .genrec.v1.CodebookStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19genrec/v1/tokenizer.proto\x12\tgenrec.v1\x1a\x16genrec/v1/common.proto\"9\n\x0fTokenizeRequest\x12\x14\n\x0c\x63odebook_ref\x18\x01 \x01(\t\x12\x10\n\x08item_ids\x18\x02 \x03(\t\"M\n\x10TokenizeResponse\x12\x14\n\x0c\x63odebook_ref\x18\x01 \x01(\t\x12#\n\x04sids\x18\x02 \x03(\x0b\x32\x15.genrec.v1.SemanticId\"N\n\x11\x44\x65tokenizeRequest\x12\x14\n\x0c\x63odebook_ref\x18\x01 \x01(\t\x12#\n\x04sids\x18\x02 \x03(\x0b\x32\x15.genrec.v1.SemanticId\"K\n\x12\x44\x65tokenizeResponse\x12\x14\n\x0c\x63odebook_ref\x18\x01 \x01(\t\x12\x10\n\x08item_ids\x18\x02 \x03(\t\x12\r\n\x05\x66ound\x18\x03 \x03(\x08\"y\n\x07NewItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12.\n\x06\x66ields\x18\x02 \x03(\x0b\x32\x1e.genrec.v1.NewItem.FieldsEntry\x1a-\n\x0b\x46ieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"^\n\x0f\x41\x64\x64ItemsRequest\x12\x14\n\x0c\x63odebook_ref\x18\x01 \x01(\t\x12!\n\x05items\x18\x02 \x03(\x0b\x32\x12.genrec.v1.NewItem\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"M\n\x10\x41\x64\x64ItemsResponse\x12\x14\n\x0c\x63odebook_ref\x18\x01 \x01(\t\x12#\n\x04sids\x18\x02 \x03(\x0b\x32\x15.genrec.v1.SemanticId\",\n\x14\x43odebookStatsRequest\x12\x14\n\x0c\x63odebook_ref\x18\x01 \x01(\t\"N\n\x15\x43odebookStatsResponse\x12\x14\n\x0c\x63odebook_ref\x18\x01 \x01(\t\x12\x1f\n\x05stats\x18\x02 \x01(\x0b\x32\x10.genrec.v1.Stats2\xb4\x02\n\tTokenizer\x12\x43\n\x08Tokenize\x12\x1a.genrec.v1.TokenizeRequest\x1a\x1b.genrec.v1.TokenizeResponse\x12I\n\nDetokenize\x12\x1c.genrec.v1.DetokenizeRequest\x1a\x1d.genrec.v1.DetokenizeResponse\x12\x43\n\x08\x41\x64\x64Items\x12\x1a.genrec.v1.AddItemsRequest\x1a\x1b.genrec.v1.AddItemsResponse\x12R\n\rCodebookStats\x12\x1f.genrec.v1.CodebookStatsRequest\x1a .genrec.v1.CodebookStatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,13 +47,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NEWITEM_FIELDSENTRY']._serialized_start=435
   _globals['_NEWITEM_FIELDSENTRY']._serialized_end=480
   _globals['_ADDITEMSREQUEST']._serialized_start=482
-  _globals['_ADDITEMSREQUEST']._serialized_end=556
-  _globals['_ADDITEMSRESPONSE']._serialized_start=558
-  _globals['_ADDITEMSRESPONSE']._serialized_end=635
-  _globals['_CODEBOOKSTATSREQUEST']._serialized_start=637
-  _globals['_CODEBOOKSTATSREQUEST']._serialized_end=681
-  _globals['_CODEBOOKSTATSRESPONSE']._serialized_start=683
-  _globals['_CODEBOOKSTATSRESPONSE']._serialized_end=761
-  _globals['_TOKENIZER']._serialized_start=764
-  _globals['_TOKENIZER']._serialized_end=1072
+  _globals['_ADDITEMSREQUEST']._serialized_end=576
+  _globals['_ADDITEMSRESPONSE']._serialized_start=578
+  _globals['_ADDITEMSRESPONSE']._serialized_end=655
+  _globals['_CODEBOOKSTATSREQUEST']._serialized_start=657
+  _globals['_CODEBOOKSTATSREQUEST']._serialized_end=701
+  _globals['_CODEBOOKSTATSRESPONSE']._serialized_start=703
+  _globals['_CODEBOOKSTATSRESPONSE']._serialized_end=781
+  _globals['_TOKENIZER']._serialized_start=784
+  _globals['_TOKENIZER']._serialized_end=1092
 # @@protoc_insertion_point(module_scope)

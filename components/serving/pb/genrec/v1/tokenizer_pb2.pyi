@@ -57,12 +57,14 @@ class NewItem(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., fields: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class AddItemsRequest(_message.Message):
-    __slots__ = ("codebook_ref", "items")
+    __slots__ = ("codebook_ref", "items", "request_id")
     CODEBOOK_REF_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     codebook_ref: str
     items: _containers.RepeatedCompositeFieldContainer[NewItem]
-    def __init__(self, codebook_ref: _Optional[str] = ..., items: _Optional[_Iterable[_Union[NewItem, _Mapping]]] = ...) -> None: ...
+    request_id: str
+    def __init__(self, codebook_ref: _Optional[str] = ..., items: _Optional[_Iterable[_Union[NewItem, _Mapping]]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class AddItemsResponse(_message.Message):
     __slots__ = ("codebook_ref", "sids")

@@ -77,7 +77,9 @@ class TokenizerServicer:
 
     def AddItems(self, request, context):
         """New items: embed their text and assign SIDs that collide with no existing item; the
-        answer names the new codebook artifact that includes them.
+        answer names the new codebook artifact that includes them. Idempotent: items already added
+        with the same text get their SIDs back (no new artifact); the same id with other text is
+        FAILED_PRECONDITION. A call whose deadline passes before the commit writes nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
