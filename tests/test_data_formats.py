@@ -160,15 +160,34 @@ def test_table_bad_items(tmp_path):
         load_table(_table(tmp_path / "d", _inter(ROWS), ITEMS_CSV.replace("i2,\"Widget 2, large\",B2", "i2,,")), k=1)
 
 
-def test_table_parquet_error_without_pyarrow(tmp_path):
-    try:
-        import pyarrow  # noqa: F401
-        pytest.skip("pyarrow is installed")
-    except ImportError:
-        pass
+def test_table_parquet_error_without_pyarrow(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if not installed
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
     d = _table(tmp_path / "t", "", inter_name="interactions.parquet")
     with pytest.raises(DataError, match=r"interactions\.parquet: reading Parquet needs pyarrow"):
         load_table(d, k=1)
+
+
+def test_table_parquet_loads_like_csv(tmp_path):
+    """Parquet interactions and items (pyarrow, a dev dependency) give the same dataset as the CSV."""
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    rows = [r for r in ROWS if isinstance(r[2], int)]  # parquet columns are typed: unix times only
+    csv_dir = _table(tmp_path / "csv", _inter(rows))
+    pq_dir = tmp_path / "pq"
+    pq_dir.mkdir()
+    pq.write_table(pa.table({"user_id": [r[0] for r in rows], "item_id": [r[1] for r in rows], "timestamp": [r[2] for r in rows]}),
+                   pq_dir / "interactions.parquet")
+    import csv as _csv
+    import io
+
+    items = list(_csv.DictReader(io.StringIO(ITEMS_CSV)))
+    pq.write_table(pa.table({k: [it[k] for it in items] for k in items[0]}), pq_dir / "items.parquet")
+    a, b = load_table(csv_dir, k=1, max_history=2), load_table(pq_dir, k=1, max_history=2)
+    assert a.item_ids == b.item_ids and a.user_ids == b.user_ids and a.item_text == b.item_text
+    assert [list(s) for s in a.sequences] == [list(s) for s in b.sequences]
 
 
 # ---- 3. validate ---------------------------------------------------------------------------------
