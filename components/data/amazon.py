@@ -47,6 +47,18 @@ def _open(path: Path):
     return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
 
 
+
+def user_sequences(per_user: dict) -> tuple[list, list[list[int]], list[list]]:
+    """``(user_ids, sequences, times)`` from ``{user: [(time, order, item index), ...]}``: each
+    user's events sorted by time, ties by order (users keep their first-seen order)."""
+    user_ids = list(per_user)
+    sequences, times = [], []
+    for u in user_ids:
+        events = sorted(per_user[u])
+        sequences.append([e[2] for e in events])
+        times.append([e[0] for e in events])
+    return user_ids, sequences, times
+
 def iter_json_lines(path: Path) -> Iterator[tuple[int, dict]]:
     try:
         f = _open(path)
@@ -152,12 +164,7 @@ def load_amazon2018(
     per_user: dict[str, list[tuple[int, int, int]]] = {}
     for order, (u, i, ts) in enumerate(rows):
         per_user.setdefault(u, []).append((ts, order, item_index[i]))
-    user_ids = list(per_user)
-    sequences, times = [], []
-    for u in user_ids:
-        events = sorted(per_user[u])
-        sequences.append([e[2] for e in events])
-        times.append([e[0] for e in events])
+    user_ids, sequences, times = user_sequences(per_user)
 
     samples = [(times[u][pos], u, pos) for u in range(len(user_ids)) for pos in range(1, len(sequences[u]))]
     samples.sort(key=lambda s: s[0])  # stable: ties keep user order

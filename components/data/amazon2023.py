@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from components.data.amazon import clean_text, iter_json_lines, k_core, parse_date
+from components.data.amazon import clean_text, iter_json_lines, k_core, parse_date, user_sequences
 from components.data.dataset import DataError, Dataset
 from components.data.table import build_samples
 
@@ -86,12 +86,7 @@ def load_amazon2023(
     per_user: dict[str, list[tuple[int, int, int]]] = {}
     for order, (u, i, ts) in enumerate(rows):
         per_user.setdefault(u, []).append((ts, order, item_index[i]))
-    user_ids = list(per_user)
-    sequences, times = [], []
-    for u in user_ids:
-        events = sorted(per_user[u])
-        sequences.append([e[2] for e in events])
-        times.append([e[0] for e in events])
+    user_ids, sequences, times = user_sequences(per_user)
     return Dataset(
         name=name or reviews_path.name.split(".")[0],
         item_ids=item_ids,

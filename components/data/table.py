@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
-from components.data.amazon import k_core
+from components.data.amazon import k_core, user_sequences
 from components.data.dataset import DataError, Dataset, Split
 
 INTERACTION_NAMES = ("interactions.csv", "interactions.csv.gz", "interactions.tsv", "interactions.tsv.gz", "interactions.parquet")
@@ -286,12 +286,7 @@ def load_table(
     per_user: dict[str, list[tuple[float, int, int]]] = {}
     for u, i, n in kept:
         per_user.setdefault(u, []).append((rows[n][2], n, item_index[i]))
-    user_ids = list(per_user)
-    sequences, times = [], []
-    for u in user_ids:
-        events = sorted(per_user[u])
-        sequences.append([e[2] for e in events])
-        times.append([e[0] for e in events])
+    user_ids, sequences, times = user_sequences(per_user)
     splits = build_samples(sequences, times, max_history, split, split_ratio)
     return Dataset(
         name=name or d.name,
