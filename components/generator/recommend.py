@@ -89,12 +89,12 @@ class Recommender:
         model with a retrieval head (given by a retrieval service; ``[]`` = answer without augmentation).
         ``None`` leaves retrieval to the head itself (the index its checkpoint pins); then ``users[i]``
         (an external user id, or None) is excluded from request ``i``'s neighbours, as in training."""
+        rows, skipped = self._to_indices(histories, skip_unknown)  # unknown items first: a caller may grow the catalog and retry
         n_items = len(self.item_ids)
         if k < 1 or k > n_items:
             raise GeneratorError(f"k must be in [1, {n_items}] (the catalog size), got {k}")
         if beam < k:
             raise GeneratorError(f"beam ({beam}) must be >= k ({k})")
-        rows, skipped = self._to_indices(histories, skip_unknown)
         n = len(rows)
         idx = np.empty((n, k), dtype=np.int32)
         scores = np.empty((n, k), dtype=np.float32)

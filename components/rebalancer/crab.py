@@ -356,7 +356,7 @@ def _rebalance(
         params=params,
     )
     out.stats = {**stats_extra, **result.summary()}
-    for key in ("encoder", "flexcode"):  # the text encoder's name (new items) and FlexCode's views
+    for key in ("encoder", "embedding_config", "flexcode"):  # how new items are embedded, and FlexCode's views
         if key in (cb.stats or {}):
             out.stats[key] = cb.stats[key]
     if "flexcode" in out.stats:  # a split token stays in its view: record the FlexCode token it descends from

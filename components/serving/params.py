@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from components.params import Section
+
+DEFAULT_PORTS = {"tokenizer": 50051, "retrieval": 50052, "rebalancer": 50053, "generator": 50054}
 
 
 class ServingParams(Section):
@@ -31,3 +33,24 @@ class ServingParams(Section):
     auth_token: str | None = Field(None, description="bearer token required for AddItems / Rebalance (and sent by clients); prefer env GENREC_AUTH_TOKEN")
     auth_all: bool = Field(False, description="require the bearer token for every call, not only state-changing ones (health checks stay open)")
     allow_insecure: bool = Field(False, description="allow plaintext gRPC on a non-loopback address (like `genrec serve --insecure`)")
+    generator: str | None = Field(None, description="generator checkpoint the generator service serves; null = generator/<generator.name or <dataset>-<backbone>>@latest")
+    codebook: str | None = Field(None, description="codebook the tokenizer service serves; null = the one the served generator was trained on (so live items reach it)")
+    host: str = Field("127.0.0.1", description="`genrec serve all`: address every service binds")
+    ports: dict[str, int] = Field(
+        default_factory=lambda: dict(DEFAULT_PORTS),
+        description="`genrec serve all`: port of each service (tokenizer, retrieval, rebalancer, generator)")
+
+    @field_validator("ports")
+    @classmethod
+    def _ports(cls, v: dict[str, int]) -> dict[str, int]:
+        known = {"tokenizer", "retrieval", "rebalancer", "generator"}
+        bad = sorted(set(v) - known)
+        if bad:
+            raise ValueError(f"unknown services {bad}; one of {sorted(known)}")
+        v = {**DEFAULT_PORTS, **{k: int(x) for k, x in v.items()}}
+        if any(not 0 <= x < 65536 for x in v.values()):
+            raise ValueError(f"ports must be in 0..65535 (0 = any free port), got {v}")
+        fixed = [x for x in v.values() if x]
+        if len(set(fixed)) != len(fixed):
+            raise ValueError(f"two services on one port: {v}")
+        return v

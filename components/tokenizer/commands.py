@@ -41,6 +41,7 @@ def cmd_embed(args, ctx) -> int:
 
     from components.data import Dataset
     from components.tokenizer.encoders import embed_dataset, make_encoder, save_embeddings
+    from components.tokenizer.online import embedding_config
 
     p = ctx.params.tokenizer
     dart = ctx.registry.load(_dataset_ref(args, ctx))
@@ -49,7 +50,7 @@ def cmd_embed(args, ctx) -> int:
     t0 = time.perf_counter()
     emb = embed_dataset(ds, p, enc, seed=ctx.params.seed)
     dt = time.perf_counter() - t0
-    art = save_embeddings(ctx.registry, emb, dart.ref, args.name or ctx.params.data.dataset, enc.name, {"tokenizer": p.model_dump(mode="json", exclude={"method", "levels", "codebook_size", "niter", "max_points_per_centroid", "balanced_iters", "collisions", "rqvae", "flexcode"}), "seed": ctx.params.seed})
+    art = save_embeddings(ctx.registry, emb, dart.ref, args.name or ctx.params.data.dataset, enc.name, config=embedding_config(p, enc.name), params={"tokenizer": p.model_dump(mode="json", exclude={"method", "levels", "codebook_size", "niter", "max_points_per_centroid", "balanced_iters", "collisions", "rqvae", "flexcode"}), "seed": ctx.params.seed})
     print(f"wrote {art.ref}: {emb.shape[0]:,} items x {emb.shape[1]} dims ({enc.name}, {emb.shape[0] / dt:.1f} items/s)")
     return 0
 
@@ -57,6 +58,7 @@ def cmd_embed(args, ctx) -> int:
 def cmd_tokenize(args, ctx) -> int:
     from components.data import Dataset
     from components.tokenizer.encoders import load_embeddings
+    from components.tokenizer.online import EMBEDDING_CONFIG
     from components.tokenizer.stats import plot_token_popularity
     from components.tokenizer.tokenize import build_codebook
 
@@ -76,6 +78,8 @@ def cmd_tokenize(args, ctx) -> int:
         print(f"flexcode CF view: {cf_view.source}" + (f" ({cf_view.ref})" if cf_view.ref else "") + f", {cf_view.embeddings.shape[1]} dims")
     cb = build_codebook(emb, ds.item_ids, p, counts, seed=params.seed, dataset_ref=dart.ref, progress=True, cf_view=cf_view)
     cb.stats["encoder"] = eart.meta.get("encoder")
+    if eart.meta.get(EMBEDDING_CONFIG):  # how the catalog was embedded: new items must be embedded the same way
+        cb.stats[EMBEDDING_CONFIG] = eart.meta[EMBEDDING_CONFIG]
     name = args.name or f"{params.data.dataset}-{p.method}"
     art = cb.save(ctx.registry, name, parents=parents, params={"tokenizer": p.model_dump(mode="json"), "seed": params.seed})
     s = cb.stats
@@ -99,6 +103,7 @@ def cmd_tokenize(args, ctx) -> int:
 
 def cmd_tokenize_items(args, ctx) -> int:
     from components.tokenizer.encoders import TokenizerError, item_texts, make_encoder
+    from components.tokenizer.online import check_embedding_config
     from components.tokenizer.tokenize import assign_new_items, load_codebook
 
     p = ctx.params.tokenizer
@@ -119,10 +124,8 @@ def cmd_tokenize_items(args, ctx) -> int:
             raise TokenizerError(f"{src}: expected a non-empty object {{item_id: {{field: text}}}}")
         if p.encoder == "tfidf":
             raise TokenizerError("the tfidf encoder is fitted per catalog and cannot embed new items; use minilm or a model_path encoder")
-        built_with = cb.stats.get("encoder")
         enc = make_encoder(p, seed=ctx.params.seed, progress=False)
-        if built_with and built_with != enc.name:
-            raise TokenizerError(f"{art.ref} was built on {built_with} embeddings, tokenizer.encoder gives {enc.name}")
+        check_embedding_config(cb, p, enc.name, where=art.ref)
         ids = list(recs)
         emb = enc.encode(item_texts(ids, list(recs.values()), p.text_fields, p.max_field_chars))
     sids = assign_new_items(cb, emb)

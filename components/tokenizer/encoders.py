@@ -205,11 +205,16 @@ def embed_dataset(dataset: Any, p: Any, encoder: TextEncoder | None = None, seed
     return check_embeddings(enc.encode(texts), n_items=dataset.n_items, what=f"{getattr(enc, 'name', 'encoder')} output")
 
 
-def save_embeddings(registry: Registry, emb: np.ndarray, dataset_ref: str, name: str, encoder: str, params: dict[str, Any]) -> Artifact:
+def save_embeddings(registry: Registry, emb: np.ndarray, dataset_ref: str, name: str, encoder: str, params: dict[str, Any],
+                    config: dict[str, Any] | None = None) -> Artifact:
+    """``config``: how the texts were made and embedded (:func:`components.tokenizer.online.embedding_config`),
+    kept in the meta so that new items are later embedded the same way."""
     emb = check_embeddings(emb)
     with registry.create("item-embeddings", name, parents=[dataset_ref], params=params) as w:
         w.write_numpy("embeddings.npy", emb)
         w.meta.update({"dataset": dataset_ref, "encoder": encoder, "dim": int(emb.shape[1]), "n_items": int(emb.shape[0])})
+        if config:
+            w.meta["embedding_config"] = config
     return w.artifact
 
 

@@ -20,6 +20,43 @@ from components.tokenizer.encoders import TextEncoder, TokenizerError, item_text
 from components.tokenizer.tokenize import assign_new_items
 
 
+EMBEDDING_CONFIG = "embedding_config"  # codebook stats key: how the embeddings were made (text template + encoder)
+TEMPLATE = "field: value; v1"  # the item_texts template version (bump when item_texts changes)
+
+
+def embedding_config(p: Any, encoder_name: str | None = None) -> dict[str, Any]:
+    """Everything that decides an item's embedding besides its text: the encoder, the text template
+    (fields in order, truncation) and the post-processing. Two embeddings are comparable only if
+    these are equal."""
+    cfg: dict[str, Any] = {
+        "encoder": encoder_name or (p.encoder if p.encoder in ("minilm",) else f"{p.encoder}:{p.model_path}"),
+        "template": TEMPLATE,
+        "text_fields": list(p.text_fields),
+        "max_field_chars": {str(k): int(v) for k, v in sorted(dict(p.max_field_chars or {}).items())},
+        "normalize": bool(p.normalize),
+    }
+    if p.encoder == "hf-mean":
+        cfg["max_length"] = int(p.max_length)
+    return cfg
+
+
+def check_embedding_config(cb: Codebook, p: Any, encoder_name: str | None, where: str = "the codebook") -> None:
+    """Refuse to embed new items for ``cb`` unless they would be embedded the way its catalog was:
+    same encoder (name) and, when the codebook records it, the same text template, fields,
+    truncation and normalisation. Raises :class:`TokenizerError` naming every difference."""
+    built_with = cb.stats.get("encoder")
+    if built_with and encoder_name and built_with != encoder_name:
+        raise TokenizerError(f"{where} was built on {built_with} embeddings; the encoder gives {encoder_name}")
+    recorded = cb.stats.get(EMBEDDING_CONFIG)
+    if not recorded:  # made before the config was recorded: the encoder name is all there is to check
+        return
+    now = embedding_config(p, encoder_name or recorded.get("encoder"))
+    diff = [f"{k}: built with {recorded.get(k)!r}, now {now.get(k)!r}" for k in sorted(set(recorded) | set(now)) if recorded.get(k) != now.get(k)]
+    if diff:
+        raise TokenizerError(f"new items would be embedded differently from {where}'s catalog (" + "; ".join(diff)
+                             + "): set the tokenizer params the codebook was built with")
+
+
 def embed_records(cb: Codebook, records: dict[str, dict[str, Any]], p: Any, seed: int = 0, encoder: TextEncoder | None = None) -> np.ndarray:
     if not records:
         raise TokenizerError("no items given")
@@ -28,9 +65,7 @@ def embed_records(cb: Codebook, records: dict[str, dict[str, Any]], p: Any, seed
     if p.encoder == "tfidf" and encoder is None:
         raise TokenizerError("the tfidf encoder is fitted per catalog and cannot embed new items; use minilm or a model_path encoder")
     enc = encoder or make_encoder(p, seed=seed, progress=False)
-    built_with = cb.stats.get("encoder")
-    if built_with and getattr(enc, "name", None) and built_with != enc.name:
-        raise TokenizerError(f"the codebook was built on {built_with} embeddings; the encoder gives {enc.name}")
+    check_embedding_config(cb, p, getattr(enc, "name", None))
     ids = list(records)
     return enc.encode(item_texts(ids, list(records.values()), p.text_fields, p.max_field_chars))
 

@@ -18,11 +18,12 @@ has given up writes nothing (DEADLINE_EXCEEDED).
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from typing import Any
 
-from components.registry import ArtifactIncompatible, Registry, parse_ref
+from components.registry import ArtifactIncompatible, ArtifactNotFound, Registry, parse_ref
 from components.serving.grpc_server import DeadlineExceeded, unary
 from components.serving.pb.genrec.v1 import common_pb2, tokenizer_pb2, tokenizer_pb2_grpc
 from components.tokenizer.codebook import Codebook
@@ -30,6 +31,7 @@ from components.tokenizer.encoders import TextEncoder, TokenizerError
 from components.tokenizer.online import TEXT_HASHES, embed_records, extend_codebook, text_hash
 from components.tokenizer.tokenize import new_item_support
 
+log = logging.getLogger(__name__)
 SERVICE_NAME = "genrec.v1.Tokenizer"
 LIVE_SUFFIX = "-live"  # AddItems writes codebook/<name>-live, never moving codebook/<name>@latest
 
@@ -45,11 +47,35 @@ class _Snapshot:
         self.lookup = cb.lookup()
 
 
+def live_head(registry: Registry, codebook_ref: str) -> str:
+    """The codebook a (re)started tokenizer serves for ``codebook_ref``: the newest AddItems version
+    (``<name>-live@latest``) when it extends exactly this codebook version, else the codebook itself
+    (fully resolved). So a restart keeps every item added live, and a rebuilt offline codebook (a
+    new version) starts a new live lineage instead of resuming one that extends an older catalog."""
+    base = registry.load(codebook_ref, verify=False)
+    name = base.ref.split("@")[0].split("/", 1)[1]
+    if name.endswith(LIVE_SUFFIX):
+        return base.ref
+    try:
+        live = registry.load(f"codebook/{name}{LIVE_SUFFIX}@latest", verify=False)
+    except ArtifactNotFound:
+        return base.ref
+    if live.params.get("extends_codebook") == base.ref:
+        log.info("resuming the live catalog %s (extends %s)", live.ref, base.ref)
+        return live.ref
+    log.warning("codebook/%s%s@latest extends %s, not %s: serving %s without those live items",
+                name, LIVE_SUFFIX, live.params.get("extends_codebook"), base.ref, base.ref)
+    return base.ref
+
+
 class TokenizerService(tokenizer_pb2_grpc.TokenizerServicer):
-    def __init__(self, registry: Registry, codebook_ref: str, params: Any, seed: int = 0, encoder: TextEncoder | None = None, max_items: int = 1000):
+    def __init__(self, registry: Registry, codebook_ref: str, params: Any, seed: int = 0, encoder: TextEncoder | None = None, max_items: int = 1000,
+                 resume_live: bool = True):
+        """``resume_live``: serve the live head of ``codebook_ref`` (:func:`live_head`), so that items
+        added before a restart are still there."""
         self.registry, self.params, self.seed, self.encoder = registry, params, seed, encoder
         self.max_items = max_items
-        art = registry.load(codebook_ref)
+        art = registry.load(live_head(registry, codebook_ref) if resume_live else codebook_ref)
         self._current = _Snapshot(art.ref, Codebook.from_artifact(art))
         self._lock = threading.Lock()
         self._requests = self._committed_requests(art.ref)  # request_id → (codebook ref, item ids)
