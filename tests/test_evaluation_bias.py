@@ -53,3 +53,17 @@ def test_token_bias_direct_tokens_and_errors():
         token_bias(gen, np.zeros((0, 2), dtype=int), SIDS, [2, 2], COUNTS)
     with pytest.raises(RankingError, match="outside the catalog"):
         token_bias_from_topk(_codebook(), np.array([[4], [0]]), np.array([0, 1]), COUNTS)
+
+
+def test_token_bias_plot_with_codebooks_of_different_group_counts(tmp_path):
+    """A FlexCode codebook's disambiguation level has 7 used tokens (7 groups) while TIGER's has 8:
+    the report's plot used to fail on the shape mismatch."""
+    from components.evaluation.report import plot_token_bias
+
+    def level(g):
+        share = [1.0 / g] * g
+        return {"level": 0, "n_groups": g, "generated_share": share, "test_share": share, "amplification": [1.0] * g, "amp_top": 1.0, "tv": 0.0}
+
+    path = tmp_path / "tb.png"
+    plot_token_bias({"tiger": [level(8), level(8)], "tiger-flexcode": [level(8), level(7)], "short": [level(3)]}, path)
+    assert path.read_bytes()[:4] == b"\x89PNG"

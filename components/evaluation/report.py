@@ -137,12 +137,14 @@ def plot_token_bias(token_bias: dict[str, list[dict[str, Any]]], path: Path) -> 
         ax = axes[0, lvl]
         have = [m for m in methods if len(token_bias[m]) > lvl]
         test = np.asarray(token_bias[have[0]][lvl]["test_share"])
-        G = test.size
+        # codebooks may group a level into fewer groups (a level with fewer used tokens than groups)
+        G = max(test.size, *(len(token_bias[m][lvl]["generated_share"]) for m in have))
         width = 0.8 / (len(have) + 1)
         x = np.arange(G)
-        ax.bar(x, test, width, label="test targets" + (f" ({have[0]} codebook)" if len(methods) > 1 else ""), color="0.6")
+        ax.bar(np.arange(test.size), test, width, label="test targets" + (f" ({have[0]} codebook)" if len(methods) > 1 else ""), color="0.6")
         for j, m in enumerate(have):
-            ax.bar(x + (j + 1) * width, token_bias[m][lvl]["generated_share"], width, label=m)
+            share = token_bias[m][lvl]["generated_share"]
+            ax.bar(np.arange(len(share)) + (j + 1) * width, share, width, label=m)
         ax.set_xticks(x + 0.4 - width / 2)
         ax.set_xticklabels([f"G{g + 1}" for g in range(G)], fontsize=8)
         ax.set_title(f"SID level {lvl + 1}")
