@@ -45,6 +45,8 @@ class DataParams(Section):
     time_col: str | None = Field("timestamp", description="table: timestamp column (number or ISO date); null = file order")
     text_cols: list[str] = Field(default_factory=list, description="table: item text columns; [] = every items column except the id")
     split: Literal["leave-one-out", "time"] = Field("leave-one-out", description="table: leave-one-out per user (as recbole) or chronological by split_ratio (as amazon2018)")
+    engine: Literal["auto", "polars", "python"] = Field(
+        "auto", description="amazon2018/2023 raw loader: polars (columnar, streamed; no Python object per review) | python (reference) | auto (polars when installed; env GENREC_DATA_ENGINE wins)")
 
 
 class RegistryParams(Section):

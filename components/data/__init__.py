@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from components.data import columnar
 from components.data.amazon import load_amazon2018
 from components.data.amazon2023 import load_amazon2023
 from components.data.dataset import PAD, SPLITS, DataError, Dataset, Split
@@ -22,6 +23,7 @@ __all__ = [
     "Dataset",
     "Split",
     "catalog_entry",
+    "columnar",
     "fetch",
     "load_amazon2018",
     "load_amazon2023",
@@ -63,6 +65,7 @@ def load_dataset(data_params, raw_root: str | Path = "data/raw") -> Dataset:
             end_time=data_params.end_time,
             max_title_chars=data_params.max_title_chars,
             split_ratio=tuple(data_params.split_ratio),
+            engine=data_params.engine,  # polars | python | auto (GENREC_DATA_ENGINE wins)
         )
     if fmt == "table":
         return load_table(

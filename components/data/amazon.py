@@ -13,6 +13,10 @@ Steps, in order:
 4. each user's interactions sorted by time (ties keep file order);
 5. one sample per position ≥ 1 (history = up to ``max_history`` previous items);
 6. all samples sorted by their target's time and split chronologically ``split_ratio`` (8:1:1).
+
+Two engines give identical datasets: ``polars`` (default when installed) streams the reviews in
+blocks into columns and runs steps 2-6 on them (:mod:`components.data.columnar`; memory ~ a few
+columns per review, for full category files), ``python`` is the reference (Python tuples per review).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
+from components.data import columnar
 from components.data.dataset import DataError, Dataset, Split
 
 TAG_RE = re.compile(r"<[^>]+>")
@@ -59,6 +64,21 @@ def user_sequences(per_user: dict) -> tuple[list, list[list[int]], list[list]]:
         times.append([e[0] for e in events])
     return user_ids, sequences, times
 
+def parse_json_lines(lines, path: Path, start: int = 1) -> Iterator[tuple[int, dict]]:
+    """``(line number, object)`` of the non-blank lines of an open text stream; line numbers count
+    from ``start``. Malformed JSON or a line that is not an object is a :class:`DataError`."""
+    for lineno, line in enumerate(lines, start=start):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object")
+        yield lineno, obj
+
+
 def iter_json_lines(path: Path) -> Iterator[tuple[int, dict]]:
     try:
         f = _open(path)
@@ -66,16 +86,7 @@ def iter_json_lines(path: Path) -> Iterator[tuple[int, dict]]:
         raise DataError(f"{path}: file not found") from None
     with f:
         try:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
-                if not isinstance(obj, dict):
-                    raise DataError(f"{path}:{lineno}: expected a JSON object")
-                yield lineno, obj
+            yield from parse_json_lines(f, path)
         except (OSError, EOFError) as e:  # truncated or corrupt gzip
             raise DataError(f"{path}: cannot read ({e})") from None
 
@@ -108,24 +119,9 @@ def k_core(rows: list[tuple[str, str, int]], k: int) -> list[tuple[str, str, int
         rows = kept
 
 
-def load_amazon2018(
-    directory: str | Path,
-    name: str | None = None,
-    max_history: int = 10,
-    k: int = 5,
-    start_time: str | None = None,
-    end_time: str | None = None,
-    max_title_chars: int = 300,
-    split_ratio: tuple[float, float, float] = (0.8, 0.1, 0.1),
-) -> Dataset:
-    d = Path(directory)
-    if not d.is_dir():
-        raise DataError(f"{d}: not a directory")
-    if abs(sum(split_ratio) - 1.0) > 1e-6 or min(split_ratio) < 0:
-        raise DataError(f"split_ratio {split_ratio} must be non-negative and sum to 1")
-    reviews_path, meta_path = _find_files(d)
-    t0, t1 = parse_date(start_time), parse_date(end_time)
-
+def read_meta(meta_path: Path, max_title_chars: int) -> dict[str, dict[str, str]]:
+    """``{asin: {title, description, brand, categories}}`` of the items with a cleaned title of
+    1..``max_title_chars`` characters (a later record of the same asin replaces an earlier one)."""
     meta: dict[str, dict[str, str]] = {}
     for lineno, obj in iter_json_lines(meta_path):
         asin = obj.get("asin")
@@ -140,14 +136,71 @@ def load_amazon2018(
             "brand": clean_text(obj.get("brand")),
             "categories": clean_text(obj.get("category") or obj.get("categories")),
         }
+    return meta
+
+
+REVIEW_FIELDS_2018 = "needs reviewerID, asin and an integer unixReviewTime"
+
+
+def review_key_2018(obj: dict) -> tuple[str, str, int]:
+    """``(user, item, unix seconds)``; ``KeyError`` / ``ValueError`` / ``TypeError`` when malformed."""
+    return str(obj["reviewerID"]), str(obj["asin"]), int(obj["unixReviewTime"])
+
+
+AMAZON2018 = columnar.ReviewFormat(
+    user="reviewerID", items=("asin",), time="unixReviewTime", time_div=1, key=review_key_2018, need=REVIEW_FIELDS_2018
+)
+
+
+def load_amazon2018(
+    directory: str | Path,
+    name: str | None = None,
+    max_history: int = 10,
+    k: int = 5,
+    start_time: str | None = None,
+    end_time: str | None = None,
+    max_title_chars: int = 300,
+    split_ratio: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    engine: str = "auto",
+) -> Dataset:
+    """``engine``: ``"polars"`` streams the reviews in blocks into columns (no Python object per
+    review; see :mod:`components.data.columnar`), ``"python"`` is the reference implementation
+    below; ``"auto"`` (default) = polars when installed (``GENREC_DATA_ENGINE`` overrides). Both
+    give identical datasets."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise DataError(f"{d}: not a directory")
+    if abs(sum(split_ratio) - 1.0) > 1e-6 or min(split_ratio) < 0:
+        raise DataError(f"split_ratio {split_ratio} must be non-negative and sum to 1")
+    engine = columnar.resolve_engine(engine)
+    reviews_path, meta_path = _find_files(d)
+    t0, t1 = parse_date(start_time), parse_date(end_time)
+    meta = read_meta(meta_path, max_title_chars)
+    source = {"format": "amazon2018", "path": str(d), "k_core": k, "start_time": start_time, "end_time": end_time}
+    name = name or reviews_path.name.split(".")[0]
+    if engine == "polars":
+        item_ids, user_ids, sequences, splits = columnar.build(
+            columnar.read_reviews(reviews_path, AMAZON2018, set(meta), t0, t1), k, max_history, split_ratio, d
+        )
+        return Dataset(
+            name=name,
+            item_ids=item_ids,
+            item_text=[meta[i] for i in item_ids],
+            user_ids=user_ids,
+            sequences=sequences,
+            splits=splits,
+            max_history=max_history,
+            text_fields=["title", "description", "brand", "categories"],
+            source=source,
+        )
 
     rows: list[tuple[str, str, int]] = []
     seen: set[tuple[str, str, int]] = set()
     for lineno, obj in iter_json_lines(reviews_path):
         try:
-            user, item, ts = str(obj["reviewerID"]), str(obj["asin"]), int(obj["unixReviewTime"])
+            user, item, ts = review_key_2018(obj)
         except (KeyError, TypeError, ValueError):
-            raise DataError(f"{reviews_path}:{lineno}: needs reviewerID, asin and an integer unixReviewTime") from None
+            raise DataError(f"{reviews_path}:{lineno}: {REVIEW_FIELDS_2018}") from None
         if item not in meta or (t0 is not None and ts < t0) or (t1 is not None and ts >= t1):
             continue
         key = (user, item, ts)
@@ -179,7 +232,7 @@ def load_amazon2018(
         targets = [sequences[u][pos] for _, u, pos in part]
         splits[s] = Split.from_lists(users, hist, targets, max_history)
     return Dataset(
-        name=name or reviews_path.name.split(".")[0],
+        name=name,
         item_ids=item_ids,
         item_text=[meta[i] for i in item_ids],
         user_ids=user_ids,
@@ -187,5 +240,5 @@ def load_amazon2018(
         splits=splits,
         max_history=max_history,
         text_fields=["title", "description", "brand", "categories"],
-        source={"format": "amazon2018", "path": str(d), "k_core": k, "start_time": start_time, "end_time": end_time},
+        source=source,
     )

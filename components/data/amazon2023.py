@@ -11,12 +11,14 @@ one longer than ``max_title_chars`` dropped (with their reviews); reviews inside
 ``[start_time, end_time)``; exact duplicate ``(user, item, time)`` rows dropped; iterative k-core;
 one sample per position ≥ 1; chronological ``split_ratio`` split by target time. A record without
 its id fields, or a line that is not a JSON object, is an error naming file and line.
+``engine`` as amazon2018: ``polars`` (columnar, default when installed) or ``python`` (reference).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from components.data import columnar
 from components.data.amazon import clean_text, iter_json_lines, k_core, parse_date, user_sequences
 from components.data.dataset import DataError, Dataset
 from components.data.table import build_samples
@@ -37,21 +39,13 @@ def review_key(obj: dict) -> tuple[str, str, int]:
     return str(obj["user_id"]), str(item), int(obj["timestamp"]) // 1000
 
 
-def load_amazon2023(
-    directory: str | Path,
-    name: str | None = None,
-    max_history: int = 10,
-    k: int = 5,
-    start_time: str | None = None,
-    end_time: str | None = None,
-    max_title_chars: int = 300,
-    split_ratio: tuple[float, float, float] = (0.8, 0.1, 0.1),
-) -> Dataset:
-    d = Path(directory)
-    if not d.is_dir():
-        raise DataError(f"{d}: not a directory")
-    reviews_path, meta_path = find_files(d)
-    t0, t1 = parse_date(start_time), parse_date(end_time)
+REVIEW_FIELDS = "needs user_id, parent_asin (or asin) and an integer timestamp (ms)"
+AMAZON2023 = columnar.ReviewFormat(
+    user="user_id", items=("parent_asin", "asin"), time="timestamp", time_div=1000, key=review_key, need=REVIEW_FIELDS
+)
+
+
+def read_meta(meta_path: Path, max_title_chars: int) -> dict[str, dict[str, str]]:
     meta: dict[str, dict[str, str]] = {}
     for lineno, obj in iter_json_lines(meta_path):
         asin = obj.get("parent_asin")
@@ -66,13 +60,55 @@ def load_amazon2023(
             "brand": clean_text(obj.get("store")),
             "categories": clean_text(obj.get("categories") or obj.get("main_category")),
         }
+    return meta
+
+
+def load_amazon2023(
+    directory: str | Path,
+    name: str | None = None,
+    max_history: int = 10,
+    k: int = 5,
+    start_time: str | None = None,
+    end_time: str | None = None,
+    max_title_chars: int = 300,
+    split_ratio: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    engine: str = "auto",
+) -> Dataset:
+    d = Path(directory)
+    if not d.is_dir():
+        raise DataError(f"{d}: not a directory")
+    engine = columnar.resolve_engine(engine)
+    reviews_path, meta_path = find_files(d)
+    t0, t1 = parse_date(start_time), parse_date(end_time)
+    meta = read_meta(meta_path, max_title_chars)
+    source = {"format": "amazon2023", "path": str(d), "k_core": k, "start_time": start_time, "end_time": end_time}
+    if engine == "polars":
+        reviews = columnar.read_reviews(reviews_path, AMAZON2023, set(meta), t0, t1)
+        item_ids, user_ids, sequences, splits = columnar.build(reviews, k, max_history, split_ratio, d)
+    else:
+        item_ids, user_ids, sequences, splits = _build_python(reviews_path, meta, t0, t1, k, max_history, split_ratio, d)
+    return Dataset(
+        name=name or reviews_path.name.split(".")[0],
+        item_ids=item_ids,
+        item_text=[meta[i] for i in item_ids],
+        user_ids=user_ids,
+        sequences=sequences,
+        splits=splits,
+        max_history=max_history,
+        text_fields=["title", "description", "brand", "categories"],
+        source=source,
+    )
+
+
+def _build_python(reviews_path: Path, meta: dict, t0, t1, k: int, max_history: int, split_ratio, d: Path):
+    """The reference: Python tuples per review."""
     rows: list[tuple[str, str, int]] = []
     seen: set[tuple[str, str, int]] = set()
     for lineno, obj in iter_json_lines(reviews_path):
         try:
             key = review_key(obj)
         except (KeyError, TypeError, ValueError):
-            raise DataError(f"{reviews_path}:{lineno}: needs user_id, parent_asin (or asin) and an integer timestamp (ms)") from None
+            raise DataError(f"{reviews_path}:{lineno}: {REVIEW_FIELDS}") from None
         _, item, ts = key
         if item not in meta or (t0 is not None and ts < t0) or (t1 is not None and ts >= t1) or key in seen:
             continue
@@ -87,14 +123,4 @@ def load_amazon2023(
     for order, (u, i, ts) in enumerate(rows):
         per_user.setdefault(u, []).append((ts, order, item_index[i]))
     user_ids, sequences, times = user_sequences(per_user)
-    return Dataset(
-        name=name or reviews_path.name.split(".")[0],
-        item_ids=item_ids,
-        item_text=[meta[i] for i in item_ids],
-        user_ids=user_ids,
-        sequences=sequences,
-        splits=build_samples(sequences, times, max_history, "time", split_ratio),
-        max_history=max_history,
-        text_fields=["title", "description", "brand", "categories"],
-        source={"format": "amazon2023", "path": str(d), "k_core": k, "start_time": start_time, "end_time": end_time},
-    )
+    return item_ids, user_ids, sequences, build_samples(sequences, times, max_history, "time", split_ratio)
