@@ -113,6 +113,14 @@ def test_cli_embed_tokenize_and_new_items(industrial, registry, tmp_path):
     m = json.loads(metrics.read_text())
     assert m["collisions"] == 0 and m["codebook"].startswith("codebook/industrial-rqkmeans@") and len(m["levels"]) >= 3
     assert png.read_bytes()[:4] == b"\x89PNG"
+    cb = Codebook.from_artifact(registry.load(m["codebook"]))
+    assert cb.stats["embedding_config"]["encoder"] == "tfidf-32" and cb.stats["embedding_config"]["text_fields"] == ["title", "brand", "categories", "description"]
+    # tokenizer.stream: the memory-mapped, chunked quantizer; its sample covers every item here, so the SIDs are the same
+    assert main([*common, "--set", "tokenizer.stream=always", "--set", "tokenizer.stream_chunk=500", "tokenize", "--name", "streamed"]) == 0
+    streamed = Codebook.from_artifact(registry.load("codebook/streamed@latest"))
+    np.testing.assert_array_equal(streamed.sids, cb.sids)
+    assert streamed.stats["embedding_config"] == cb.stats["embedding_config"]
+    assert main([*common, "--set", "tokenizer.stream=always", "--set", "tokenizer.method=balanced", "tokenize", "--name", "no"]) == 2
     # online items: tfidf cannot embed unseen text, embeddings of the wrong width are refused
     (tmp_path / "new.json").write_text(json.dumps({"n1": {"title": "steel staples"}}))
     assert main([*common, "tokenize-items", str(tmp_path / "new.json")]) == 2

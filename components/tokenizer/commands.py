@@ -50,7 +50,7 @@ def cmd_embed(args, ctx) -> int:
     t0 = time.perf_counter()
     emb = embed_dataset(ds, p, enc, seed=ctx.params.seed)
     dt = time.perf_counter() - t0
-    art = save_embeddings(ctx.registry, emb, dart.ref, args.name or ctx.params.data.dataset, enc.name, config=embedding_config(p, enc.name), params={"tokenizer": p.model_dump(mode="json", exclude={"method", "levels", "codebook_size", "niter", "max_points_per_centroid", "balanced_iters", "collisions", "rqvae", "flexcode"}), "seed": ctx.params.seed})
+    art = save_embeddings(ctx.registry, emb, dart.ref, args.name or ctx.params.data.dataset, enc.name, config=embedding_config(p, enc.name), params={"tokenizer": p.model_dump(mode="json", exclude={"method", "levels", "codebook_size", "niter", "max_points_per_centroid", "balanced_iters", "collisions", "rqvae", "flexcode", "stream", "stream_min_mb", "stream_sample", "stream_chunk"}), "seed": ctx.params.seed})
     print(f"wrote {art.ref}: {emb.shape[0]:,} items x {emb.shape[1]} dims ({enc.name}, {emb.shape[0] / dt:.1f} items/s)")
     return 0
 
@@ -58,8 +58,6 @@ def cmd_embed(args, ctx) -> int:
 def cmd_tokenize(args, ctx) -> int:
     from components.data import Dataset
     from components.tokenizer.encoders import load_embeddings
-    from components.tokenizer.online import EMBEDDING_CONFIG
-    from components.tokenizer.stats import plot_token_popularity
     from components.tokenizer.tokenize import build_codebook
 
     params = ctx.params
@@ -67,8 +65,16 @@ def cmd_tokenize(args, ctx) -> int:
     dart = ctx.registry.load(_dataset_ref(args, ctx))
     ds = Dataset.from_artifact(dart)
     eart = ctx.registry.load(args.embeddings or f"item-embeddings/{params.data.dataset}@latest")
-    emb = load_embeddings(eart, dataset_ref=dart.ref, n_items=ds.n_items)
     counts = ds.train_item_counts()
+    if _streams(p, eart):  # a catalog whose embeddings should not be held in memory (twice): memory-mapped, chunked
+        from components.tokenizer.streaming import build_codebook_streaming
+
+        load_embeddings(eart, dataset_ref=dart.ref, n_items=ds.n_items, mmap=True)  # the same checks, nothing read
+        print(f"tokenize: streaming RQ-KMeans over {eart.ref} (memory-mapped, chunks of {p.stream_chunk:,} rows)")
+        cb = build_codebook_streaming(eart.file("embeddings.npy"), ds.item_ids, p, counts, seed=params.seed, dataset_ref=dart.ref,
+                                      sample=p.stream_sample or None, chunk=p.stream_chunk, progress=True)
+        return _finish_tokenize(args, ctx, cb, ds, dart, eart, [dart.ref, eart.ref], counts)
+    emb = load_embeddings(eart, dataset_ref=dart.ref, n_items=ds.n_items)
     cf_view, parents = None, [dart.ref, eart.ref]
     if p.method == "flexcode":
         from components.tokenizer.flexcode import load_cf_view
@@ -77,6 +83,30 @@ def cmd_tokenize(args, ctx) -> int:
         parents += [cf_view.ref] if cf_view.ref else []
         print(f"flexcode CF view: {cf_view.source}" + (f" ({cf_view.ref})" if cf_view.ref else "") + f", {cf_view.embeddings.shape[1]} dims")
     cb = build_codebook(emb, ds.item_ids, p, counts, seed=params.seed, dataset_ref=dart.ref, progress=True, cf_view=cf_view)
+    return _finish_tokenize(args, ctx, cb, ds, dart, eart, parents, counts)
+
+
+def _streams(p, eart) -> bool:
+    """Whether `genrec tokenize` quantizes the memory-mapped embeddings in chunks (tokenizer.stream)."""
+    from components.tokenizer.encoders import TokenizerError
+
+    streamable = p.method == "rqkmeans" and p.collisions == "extra_level"
+    if p.stream == "always" and not streamable:
+        raise TokenizerError(f"tokenizer.stream=always needs method rqkmeans and collisions extra_level (got {p.method}, {p.collisions})")
+    if not streamable or p.stream == "never":
+        return False
+    if p.stream == "always":
+        return True
+    rows, dim = int(eart.meta.get("n_items", 0)), int(eart.meta.get("dim", 0))
+    return rows * dim * 4 >= p.stream_min_mb * 2**20
+
+
+def _finish_tokenize(args, ctx, cb, ds, dart, eart, parents, counts) -> int:
+    from components.tokenizer.online import EMBEDDING_CONFIG
+    from components.tokenizer.stats import plot_token_popularity
+
+    params = ctx.params
+    p = params.tokenizer
     cb.stats["encoder"] = eart.meta.get("encoder")
     if eart.meta.get(EMBEDDING_CONFIG):  # how the catalog was embedded: new items must be embedded the same way
         cb.stats[EMBEDDING_CONFIG] = eart.meta[EMBEDDING_CONFIG]

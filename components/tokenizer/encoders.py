@@ -218,11 +218,19 @@ def save_embeddings(registry: Registry, emb: np.ndarray, dataset_ref: str, name:
     return w.artifact
 
 
-def load_embeddings(art: Artifact, dataset_ref: str | None = None, n_items: int | None = None) -> np.ndarray:
-    """Load and check an ``item-embeddings`` artifact; refuse one built from another dataset version."""
+def load_embeddings(art: Artifact, dataset_ref: str | None = None, n_items: int | None = None, mmap: bool = False) -> np.ndarray:
+    """Load and check an ``item-embeddings`` artifact; refuse one built from another dataset version.
+    ``mmap``: a read-only memory map (shape and dtype checked, rows not read: no NaN scan)."""
     if art.kind != "item-embeddings":
         raise ArtifactCorrupted(f"{art.ref} is a {art.kind!r} artifact, not item-embeddings")
     made_from = art.meta.get("dataset")
     if dataset_ref is not None and made_from != dataset_ref:
         raise ArtifactIncompatible(f"{art.ref} was embedded from {made_from}, not {dataset_ref}: run `genrec embed` again")
+    if mmap:
+        e = np.load(art.file("embeddings.npy"), mmap_mode="r", allow_pickle=False)
+        if e.ndim != 2 or e.dtype != np.float32:
+            raise ArtifactCorrupted(f"{art.ref}: embeddings must be a float32 [n, d] matrix, got {e.dtype} {e.shape}")
+        if n_items is not None and e.shape[0] != n_items:
+            raise TokenizerError(f"{art.ref}: {e.shape[0]} rows for {n_items} items")
+        return e
     return check_embeddings(art.load_numpy("embeddings.npy"), n_items=n_items, what=art.ref)

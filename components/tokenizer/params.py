@@ -50,6 +50,11 @@ class TokenizerParams(Section):
     collisions: Literal["extra_level", "reassign"] = Field(
         "extra_level", description="extra_level = TIGER-style disambiguating final token; reassign = move to the nearest free code at the last level"
     )
+    stream: Literal["auto", "always", "never"] = Field(
+        "auto", description="streaming RQ-KMeans on the memory-mapped embeddings (rqkmeans + extra_level): always | never | auto (when the matrix reaches stream_min_mb)")
+    stream_min_mb: int = Field(2048, ge=0, description="stream auto: stream when n_items x dim x 4 bytes reach this many MiB")
+    stream_sample: int = Field(0, ge=0, description="stream: rows k-means trains each level on; 0 = max_points_per_centroid x codebook_size")
+    stream_chunk: int = Field(65536, ge=1, description="stream: rows per assignment chunk")
     rqvae: RQVAEParams = Field(default_factory=RQVAEParams, description="RQ-VAE network and training (method: rqvae)")
     flexcode: FlexCodeParams = Field(default_factory=FlexCodeParams, description="FlexCode CF view, shared latent, MoE gate and losses (method: flexcode)")
 
