@@ -5,15 +5,18 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from components.data.dataset import Dataset
+from components.generator.hardware import dist_env, threads
 from components.registry import Artifact, ArtifactNotFound
-from components.tokenizer.codebook import Codebook
-from components.generator.hardware import threads
 from components.registry.store import write_json_atomic as _write_json
+from components.tokenizer.codebook import Codebook
 
 log = logging.getLogger(__name__)
 
@@ -134,19 +137,40 @@ def train_generator(registry, gp, dataset_ref: str, codebook_ref: str | None, na
 
     ``init_from``: a generator checkpoint to start from (CRAB §4.3: the model trained on the codebook
     this one was rebalanced from; new tokens copy their origin rows). The core of `genrec train`
-    and of each experiment variant."""
+    and of each experiment variant.
+
+    Under torchrun (``WORLD_SIZE`` > 1) every rank trains its shard of each global batch (DDP,
+    :mod:`components.generator.train`); rank 0 alone writes the checkpoint and returns the artifact,
+    the other ranks return ``(None, summary, history)``."""
     import torch
 
     from components.generator.checkpoint import save_checkpoint
-    from components.generator.decoding import SIDTrie
+    from components.generator.decoding.trie import build_trie
+    from components.generator.hardware import init_distributed
     from components.generator.model import seed_everything
-    from components.generator.train import Trainer
+    from components.generator.train import Trainer, resolve_device
     from components.generator.vocab import SIDVocab
 
     gp.check_fits(torch.cuda.is_available())
+    dist = dist_env()
+    if dist.enabled:  # a torchrun worker: join the group now, so rank 0 alone may write artifacts below
+        device = resolve_device(gp.train.device)
+        init_distributed(torch.device("cuda", dist.local_rank) if device.type == "cuda" and device.index is None else device)
+    elif gp.train.processes * gp.train.nnodes > 1:
+        log.warning("generator.train.processes=%d x nnodes=%d, but this process was not started by torchrun: training on one "
+                    "process (`genrec train` re-launches itself; or run `torchrun --nproc-per-node N -m components.cli train`)",
+                    gp.train.processes, gp.train.nnodes)
     ds_art = registry.load(dataset_ref)
     ds = Dataset.from_artifact(ds_art)
-    cb_art = resolve_codebook(registry, gp, ds_art, codebook_ref, dataset_name)
+    if dist.enabled:  # rank 0 first: it may import the reference SIDs as a codebook artifact; the others then find it
+        import torch.distributed as td
+
+        cb_art = resolve_codebook(registry, gp, ds_art, codebook_ref, dataset_name) if dist.main else None
+        td.barrier()
+        if cb_art is None:
+            cb_art = resolve_codebook(registry, gp, ds_art, codebook_ref, dataset_name)
+    else:
+        cb_art = resolve_codebook(registry, gp, ds_art, codebook_ref, dataset_name)
     cb = Codebook.from_artifact(cb_art)
     cb.check_dataset(ds_art.ref, ds.n_items)
     vocab = SIDVocab.from_codebook(cb)
@@ -165,18 +189,19 @@ def train_generator(registry, gp, dataset_ref: str, codebook_ref: str | None, na
         tp = finetune_train_params(gp.train, ft)
         handle = prepare_finetune(model, ft)
         extra = {**extra, **crab_alignment_loss(model, cb, ft.beta)}
-        print(f"fine-tune ({ft.trainable}): {handle.trainable_params:,} of {handle.total_params:,} parameters train; "
-              f"{tp.epochs} epochs, batch {tp.batch_size}, lr {tp.lr:g}; alignment beta "
-              f"{extra['crab_align'][1] if 'crab_align' in extra else 0}")
+        if dist.main:
+            print(f"fine-tune ({ft.trainable}): {handle.trainable_params:,} of {handle.total_params:,} parameters train; "
+                  f"{tp.epochs} epochs, batch {tp.batch_size}, lr {tp.lr:g}; alignment beta "
+                  f"{extra['crab_align'][1] if 'crab_align' in extra else 0}")
     run_dir = run_dir or f".genrec/runs/{name}"
     fingerprint = vocab.fingerprint() + ds_art.ref + (init_from or "") + (ft.model_dump_json() if ft else "")
-    trainer = Trainer(model, ds, SIDTrie(cb.sids, cb.sizes), tp, seed=seed, eval_beam=gp.decode.beam,
+    trainer = Trainer(model, ds, build_trie(cb.sids, cb.sizes), tp, seed=seed, eval_beam=gp.decode.beam,
                       run_dir=run_dir, extra_losses=extra, progress=progress, fingerprint=fingerprint)
     res = trainer.fit()
     for h in model.heads:  # heads with a second training stage (GenPlugin: retrieval-augmented fine-tuning)
         if hasattr(h, "second_stage"):
             def make_trainer(tp2, tag, _extra=trainer.extra_losses):
-                return Trainer(model, ds, SIDTrie(cb.sids, cb.sizes), tp2, seed=seed, eval_beam=gp.decode.beam,
+                return Trainer(model, ds, build_trie(cb.sids, cb.sizes), tp2, seed=seed, eval_beam=gp.decode.beam,
                                run_dir=f"{run_dir}-{tag}", extra_losses=_extra, progress=progress, fingerprint=fingerprint)
             res = h.second_stage(res, make_trainer, tp)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -189,6 +214,8 @@ def train_generator(registry, gp, dataset_ref: str, codebook_ref: str | None, na
                "params": n_params, "trainable_params": n_train, "seed": seed, "init_from": init_from,
                **({"finetune": ft.trainable, "alignment_beta": extra["crab_align"][1] if "crab_align" in extra else 0.0} if ft else {}),
                **{f"valid.{k}": v for k, v in res.best_valid.items()}, **res.extra}
+    if not dist.main:  # the checkpoint is rank 0's to write (every rank holds the same weights)
+        return None, summary, res.history
     params = {"seed": seed, "generator": gp.model_dump(mode="json"), "max_items": max_items, "init_from": init_from}
     art = save_checkpoint(registry, name, model, cb_art.ref, ds_art.ref, params, meta=summary, state_dict=res.best_state,
                           popularity=ds.train_item_counts())
@@ -206,7 +233,7 @@ def rank_generator(registry, gp, checkpoint_ref: str, *, dataset_ref: str | None
     import torch
 
     from components.generator.checkpoint import load_checkpoint
-    from components.generator.decoding import SIDTrie
+    from components.generator.decoding.trie import build_trie
     from components.generator.ranking import accuracy, rank_histories
     from components.generator.train import resolve_device
 
@@ -216,7 +243,7 @@ def rank_generator(registry, gp, checkpoint_ref: str, *, dataset_ref: str | None
     ds_art = registry.load(dataset_ref or art.meta["dataset"])
     ds = Dataset.from_artifact(ds_art)
     cb.check_dataset(ds_art.ref, ds.n_items)
-    trie = SIDTrie(cb.sids, cb.sizes).to(device)
+    trie = build_trie(cb.sids, cb.sizes).to(device)
     k = min(gp.decode.k, cb.n_items)
     beam = max(gp.decode.beam, k)
     arrays, metrics = {}, {"checkpoint": art.ref, "beam": beam, "k": k}
@@ -241,13 +268,59 @@ def rank_generator(registry, gp, checkpoint_ref: str, *, dataset_ref: str | None
 
 
 # ---- commands ------------------------------------------------------------------------------
+def _train_argv(args) -> list[str]:
+    """The `genrec ... train ...` command line of ``args`` (for the torchrun workers)."""
+    out = ["--params", args.params]
+    for s in args.set:
+        out += ["--set", s]
+    if args.registry:
+        out += ["--registry", args.registry]
+    if args.verbose:
+        out.append("-v")
+    out.append("train")
+    for flag in ("codebook", "init_from", "dataset", "name", "run_dir", "metrics_out"):
+        if getattr(args, flag) is not None:
+            out += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
+    if args.no_progress:
+        out.append("--no-progress")
+    return out
+
+
+def torchrun_command(args, tp, name: str) -> list[str]:
+    """``python -m torch.distributed.run ... -m components.cli <the same train command>`` for
+    ``generator.train.processes`` x ``nnodes`` (one node: ``--standalone``; several: c10d
+    rendezvous at ``rdzv_endpoint``, the same command run on every node)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(tp.processes), "--nnodes", str(tp.nnodes)]
+    if tp.nnodes == 1:
+        cmd.append("--standalone")
+    else:
+        if not tp.rdzv_endpoint:
+            raise ValueError(f"generator.train.nnodes={tp.nnodes}: set generator.train.rdzv_endpoint=HOST:PORT (a free port on one "
+                             f"of the nodes, reachable from all) and run the same command on every node")
+        cmd += ["--rdzv-backend", "c10d", "--rdzv-endpoint", tp.rdzv_endpoint, "--rdzv-id", f"genrec-train-{name}"]
+    return cmd + ["-m", "components.cli", *_train_argv(args)]
+
+
 def cmd_train(args, ctx) -> int:
     gp = _gp(ctx)
     name = args.name or _checkpoint_name(ctx, gp)
-    art, summary, history = train_generator(
-        ctx.registry, gp, args.dataset or f"dataset/{ctx.params.data.dataset}@latest", args.codebook, name,
-        seed=ctx.params.seed, dataset_name=ctx.params.data.dataset, init_from=args.init_from, run_dir=args.run_dir,
-        progress=not args.no_progress)
+    if gp.train.processes * gp.train.nnodes > 1 and not dist_env().enabled:  # re-launch this command under torchrun
+        cmd = torchrun_command(args, gp.train, name)
+        print(f"genrec train: {gp.train.processes * gp.train.nnodes} processes: {shlex.join(cmd)}", flush=True)
+        return subprocess.call(cmd)
+    try:
+        art, summary, history = train_generator(
+            ctx.registry, gp, args.dataset or f"dataset/{ctx.params.data.dataset}@latest", args.codebook, name,
+            seed=ctx.params.seed, dataset_name=ctx.params.data.dataset, init_from=args.init_from, run_dir=args.run_dir,
+            progress=not args.no_progress)
+    finally:
+        if dist_env().enabled:
+            import torch.distributed as td
+
+            if td.is_initialized():
+                td.destroy_process_group()
+    if art is None:  # a torchrun worker other than rank 0
+        return 0
     if args.metrics_out:
         _write_json(args.metrics_out, {"checkpoint": art.ref, **summary, "history": history})
     return 0
@@ -263,9 +336,9 @@ def cmd_rank(args, ctx) -> int:
 
 
 def cmd_recommend(args, ctx) -> int:
-    from components.generator.recommend import Recommender
-
     import torch
+
+    from components.generator.recommend import Recommender
 
     gp = _gp(ctx)
     torch.set_num_threads(threads(gp.train.num_threads))

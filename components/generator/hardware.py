@@ -1,14 +1,18 @@
-"""What the machine offers the trainer: CPU threads this process may use and native bf16 support.
+"""What the machine offers the trainer: CPU threads this process may use, native bf16 support, and
+this process's place in a multi-process (DDP) job.
 
 ``threads(0)`` = the cores in this process's CPU affinity mask (containers and ``taskset`` are
-honoured). ``bf16_supported(device)``: CUDA asks the driver; a CPU counts only with native bf16
-instructions (AMX-BF16 or AVX512-BF16, read from ``/proc/cpuinfo`` flags), because elsewhere
-PyTorch emulates bf16 matmuls in software and autocast makes training slower, not faster.
+honoured), shared out among the processes of a torchrun job on this node (``LOCAL_WORLD_SIZE``).
+``bf16_supported(device)``: CUDA asks the driver; a CPU counts only with native bf16 instructions
+(AMX-BF16 or AVX512-BF16, read from ``/proc/cpuinfo`` flags), because elsewhere PyTorch emulates
+bf16 matmuls in software and autocast makes training slower, not faster.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from datetime import timedelta
 from functools import lru_cache
 
 import torch
@@ -24,8 +28,11 @@ def available_cores() -> int:
 
 
 def threads(requested: int) -> int:
-    """Torch CPU threads to use: ``requested``, or every available core when it is 0."""
-    return requested if requested > 0 else available_cores()
+    """Torch CPU threads to use: ``requested``, or every available core when it is 0 (divided among
+    the processes a torchrun job starts on this node, at least 1 each)."""
+    if requested > 0:
+        return requested
+    return max(1, available_cores() // max(1, dist_env().local_world))
 
 
 @lru_cache(maxsize=1)
@@ -62,3 +69,52 @@ def use_bf16(setting: bool | str, device: torch.device) -> bool:
     if setting is True or setting == "true":
         return device.type == "cpu" or bf16_supported(device)
     return bf16_supported(device)
+
+
+# ---- processes (DDP under torchrun) ---------------------------------------------------------
+@dataclass(frozen=True)
+class DistEnv:
+    """This process's place in a torchrun job (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``,
+    ``LOCAL_WORLD_SIZE``); a plain process is rank 0 of 1."""
+
+    world: int = 1
+    rank: int = 0
+    local_rank: int = 0
+    local_world: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def dist_env() -> DistEnv:
+    env = os.environ
+    world = int(env.get("WORLD_SIZE", "1") or 1)
+    if world <= 1:
+        return DistEnv()
+    local_world = int(env.get("LOCAL_WORLD_SIZE", "0") or 0) or world
+    return DistEnv(world, int(env.get("RANK", "0")), int(env.get("LOCAL_RANK", "0")), local_world)
+
+
+def init_distributed(device: torch.device) -> DistEnv:
+    """Join the job's process group (gloo on CPU, NCCL on CUDA) once; a no-op for one process.
+    ``GENREC_DIST_TIMEOUT`` (seconds, default 3600) bounds how long ranks wait for each other, e.g.
+    while rank 0 validates."""
+    d = dist_env()
+    if not d.enabled:
+        return d
+    import torch.distributed as td
+
+    if not td.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        timeout = timedelta(seconds=float(os.environ.get("GENREC_DIST_TIMEOUT", "3600")))
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        td.init_process_group(backend, timeout=timeout)
+    if td.get_world_size() != d.world or td.get_rank() != d.rank:
+        raise RuntimeError(f"process group (rank {td.get_rank()} of {td.get_world_size()}) disagrees with WORLD_SIZE={d.world} RANK={d.rank}")
+    return d

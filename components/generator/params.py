@@ -68,6 +68,9 @@ class TrainParams(Section):
     max_minutes: float = Field(0.0, ge=0, description="wall-clock budget of one training call: stop before an epoch that would pass it (judged by the mean epoch so far; 0 = none); the best-on-valid epoch is kept")
     min_delta: float = Field(0.0, ge=0, description="early stopping: a valid NDCG@10 gain at or below this does not count as an improvement")
     resume: bool = Field(True, description="resume from the run directory's last epoch if its config matches")
+    processes: int = Field(1, ge=1, description="training processes per node (PyTorch DDP: gloo on CPU, NCCL on GPU, one GPU each); > 1: `genrec train` re-launches itself under torchrun. batch_size stays the global batch: each process takes batch_size / (processes x nnodes) samples of it")
+    nnodes: int = Field(1, ge=1, description="nodes of a multi-node run (run the same `genrec train` on each; needs rdzv_endpoint when > 1)")
+    rdzv_endpoint: str = Field("", description="host:port of the torchrun c10d rendezvous when nnodes > 1 (e.g. the first node's address and a free port)")
 
 
 class FinetuneParams(Section):

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from components.generator.checkpoint import load_checkpoint
-from components.generator.decoding import SIDTrie, constrained_beam_search
+from components.generator.decoding import constrained_beam_search
+from components.generator.decoding.trie import build_trie
 from components.generator.errors import GeneratorError, UnknownItemsError
 from components.generator.heads.base import EXTRA_USER
 from components.generator.model import GenerativeRecommender
@@ -39,7 +40,7 @@ class Recommender:
         self.codebook = codebook
         self.item_ids = list(codebook.item_ids)
         self.index = {iid: i for i, iid in enumerate(self.item_ids)}
-        self.trie = SIDTrie(codebook.sids, codebook.sizes).to(self.device)
+        self.trie = build_trie(codebook.sids, codebook.sizes).to(self.device)
         pop = np.ones(len(self.item_ids)) if popularity is None else np.asarray(popularity, dtype=np.float64)
         if pop.shape[0] != len(self.item_ids):
             raise GeneratorError(f"popularity has {pop.shape[0]} entries for {len(self.item_ids)} items")

@@ -6,6 +6,20 @@ json only).
 Learning rate at optimizer step ``s`` of ``S``: ``lr * s / W`` for ``s < W``, then
 ``lr * 0.5 * (1 + cos(pi * (s - W) / (S - W)))``.
 Loss: ``mean(w_i * CE_i) + sum(head losses) + sum_j lambda_j * extra_j(model)``.
+
+**Several processes** (PyTorch DDP; started by torchrun, which sets ``WORLD_SIZE`` / ``RANK``;
+``genrec train`` with ``generator.train.processes > 1`` re-launches itself that way): gloo on CPU,
+NCCL on CUDA (``cuda:LOCAL_RANK``). ``batch_size`` is the global batch. Every rank draws the same
+epoch permutation from the seed, cuts the same global batches and takes its contiguous
+``1/world`` of each (a trailing partial batch is split as evenly as it goes, and each rank's
+batch loss is scaled by ``world * n_rank / n_batch``, so DDP's gradient mean is exactly the
+gradient of the global batch's loss; extra losses, the same on every rank, are not scaled).
+The logged losses are all-reduced (those of the global batch). Validation, early stopping, the
+run directory and the checkpoint belong to rank 0; its decisions (best epoch, patience, budget)
+are broadcast so all ranks stop together. Each rank seeds its own dropout stream
+(``seed + rank``) and the run directory keeps every rank's RNG state, so a resumed run is
+bit-exact; every rank resumes from the run directory. Heads whose losses use in-batch negatives
+(GenPlugin) are refused.
 """
 
 from __future__ import annotations
@@ -24,7 +38,7 @@ import torch
 from tqdm.auto import tqdm
 
 from components.generator.decoding import SIDTrie
-from components.generator.hardware import threads, use_bf16
+from components.generator.hardware import DistEnv, dist_env, init_distributed, threads, use_bf16
 from components.generator.heads.base import EXTRA_USER
 from components.generator.model import GenerativeRecommender, seed_everything, state_dict_for_save
 from components.generator.params import TrainParams
@@ -82,8 +96,38 @@ def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]
     opt.load_state_dict({"state": state, "param_groups": groups})
 
 
+# heads that cannot train on shards of the batch: why (their losses would change meaning)
+DDP_UNSUPPORTED_HEADS = {
+    "genplugin": "its contrastive losses (L_item, L_user) take in-batch negatives and sample batch items, which would be "
+                 "each process's shard instead of the global batch, and its RAR stage augments from a retrieval index",
+}
+
+
+def check_ddp_supported(model: GenerativeRecommender, batch_size: int, world: int) -> None:
+    """Refuse, before any process waits on another, what several processes cannot train exactly."""
+    if batch_size % world:
+        raise ValueError(f"generator.train.batch_size={batch_size} is the global batch and must be divisible by the {world} "
+                         f"training processes (each takes batch_size / processes); use e.g. {batch_size - batch_size % world or world}")
+    for h in model.heads:
+        if h.name in DDP_UNSUPPORTED_HEADS:
+            raise ValueError(f"generator.heads: {h.name!r} is not supported with {world} training processes: "
+                             f"{DDP_UNSUPPORTED_HEADS[h.name]}. Train it with generator.train.processes=1")
+
+
+def shard(batch: torch.Tensor, rank: int, world: int) -> tuple[torch.Tensor, float]:
+    """Rank ``rank``'s contiguous part of a global batch and the factor for its batch-mean loss
+    (``world * n_rank / n_batch``; 1 when the batch divides evenly) so that the mean over ranks
+    of the scaled losses is the global batch's mean loss. A rank left without a sample (a
+    trailing batch smaller than ``world``) gets the batch's first sample with factor 0."""
+    part = torch.tensor_split(batch, world)[rank]
+    if part.numel() == 0:
+        return batch[:1], 0.0
+    return part, part.numel() * world / batch.numel()
+
+
 class Trainer:
-    """Trains a :class:`GenerativeRecommender` on a dataset's train split."""
+    """Trains a :class:`GenerativeRecommender` on a dataset's train split (on one process, or as
+    one rank of a torchrun job: see the module docstring)."""
 
     def __init__(self, model: GenerativeRecommender, dataset, trie: SIDTrie, params: TrainParams, seed: int = 2024,
                  eval_beam: int = 20, run_dir: str | Path | None = None, extra_losses: dict[str, tuple[ExtraLoss, float]] | None = None,
@@ -94,9 +138,17 @@ class Trainer:
         self.trie = trie.to(self.device)
         self.run_dir = Path(run_dir) if run_dir else None
         self.extra_losses = extra_losses or {}
-        self.progress = progress
-        # epochs / patience / resume may change between invocations (extend a run); all else must match
-        tp = params.model_dump(exclude={"epochs", "patience", "resume", "device", "num_threads", "max_minutes", "min_delta"})
+        self.dist: DistEnv = dist_env()
+        if self.dist.enabled and self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", self.dist.local_rank)  # one GPU per process
+            self.trie = trie.to(self.device)
+        self.progress = progress and self.dist.main
+        # called after each backward, before clipping: (epoch, step, model with its gradients, the step's losses)
+        self.step_hook: Callable[[int, int, GenerativeRecommender, dict[str, float]], None] | None = None
+        # epochs / patience / resume may change between invocations (extend a run); all else must match.
+        # The process layout is not part of the run: the same global batches give the same run.
+        tp = params.model_dump(exclude={"epochs", "patience", "resume", "device", "num_threads", "max_minutes", "min_delta",
+                                        "processes", "nnodes", "rdzv_endpoint"})
         cfg = {"model": model.config_dict(), "train": tp, "seed": seed, "fingerprint": fingerprint}
         self.config_hash = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -108,8 +160,14 @@ class Trainer:
         """Train until ``epochs``, early stopping, or ``stop_after`` epochs in this call (a time box;
         a later call with the same run directory continues exactly where this one stopped)."""
         p = self.params
+        W, R = self.dist.world, self.dist.rank
+        if W > 1:
+            check_ddp_supported(self.model, p.batch_size, W)
+            init_distributed(self.device)
         torch.set_num_threads(threads(p.num_threads))
         seed_everything(self.seed)
+        if R > 0:
+            torch.manual_seed(self.seed + R)  # each rank its own dropout stream (rank 0 = one process's)
         model = self.model.to(self.device)
         ds = self.dataset
         train = ds.splits["train"]
@@ -143,6 +201,13 @@ class Trainer:
             from safetensors.torch import load_file
 
             best_state = load_file(str(self.run_dir / "best.safetensors"))
+        fwd = model
+        if W > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            # heads may leave parameters out of a step (e.g. a query count of 0): let DDP look for them
+            fwd = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                      broadcast_buffers=False, find_unused_parameters=bool(len(model.heads)))
         t_train, n_seen, stopped, budget_hit = 0.0, 0, False, False
         t_wall = time.perf_counter()
 
@@ -155,7 +220,7 @@ class Trainer:
         # a resumed run that had already stopped (patience or budget) stays stopped
         if start_epoch and bad >= p.patience:
             stopped = True
-        elif start_epoch and start_epoch < p.epochs and over_budget(start_epoch):
+        elif start_epoch and start_epoch < p.epochs and self._from_main(over_budget(start_epoch)):
             budget_hit = True
         epoch = start_epoch
         for epoch in range(start_epoch, p.epochs if not (stopped or budget_hit) else start_epoch):
@@ -166,35 +231,50 @@ class Trainer:
             sums: dict[str, float] = {}
             bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{p.epochs}", disable=not self.progress, leave=False)
             for s in bar:
-                idx = perm[s * p.batch_size : (s + 1) * p.batch_size]
-                if idx.numel() == 0:
+                gidx = perm[s * p.batch_size : (s + 1) * p.batch_size]  # the global batch
+                if gidx.numel() == 0:
                     break
+                idx, scale = shard(gidx, R, W) if W > 1 else (gidx, 1.0)
                 hist = EncodedHistory(hist_all.tokens[idx], hist_all.mask[idx], hist_all.levels[idx], hist_all.slots[idx], hist_all.items[idx])
                 targets = item_tokens[tgt_all[idx]]
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
-                    out = model(hist, targets, weights=None if weights is None else weights[idx], extras={EXTRA_USER: user_all[idx]})
+                    out = fwd(hist, targets, weights=None if weights is None else weights[idx], extras={EXTRA_USER: user_all[idx]})
                     losses = dict(out.losses)
                     for name, (fn, lam) in self.extra_losses.items():
                         losses[name] = lam * fn(model)
-                loss = sum(losses.values())
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"non-finite training loss at epoch {epoch + 1} step {s}: { {k: float(v) for k, v in losses.items()} }")
+                if W > 1:
+                    batch_keys = set(out.losses)  # batch means: scaled to this rank's share; extra losses are not
+                    loss = sum(v * scale if k in batch_keys else v for k, v in losses.items())
+                    logged = self._global_losses(losses, batch_keys, scale)  # the global batch's values, on every rank
+                    finite = math.isfinite(sum(logged.values()))
+                else:
+                    loss = sum(losses.values())
+                    logged = None
+                    finite = bool(torch.isfinite(loss))
+                if not finite:
+                    raise FloatingPointError(f"non-finite training loss at epoch {epoch + 1} step {s}: "
+                                             f"{ {k: float(v) for k, v in (logged or losses).items()} }")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                if logged is None:
+                    logged = {k_: float(v.detach()) for k_, v in losses.items()}
+                if self.step_hook is not None:
+                    self.step_hook(epoch, s, model, logged)
                 if p.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(params, p.grad_clip)
                 opt.step()
                 sched.step()
-                n_seen += idx.numel()
-                for k_, v in losses.items():
-                    sums[k_] = sums.get(k_, 0.0) + float(v.detach())
+                n_seen += gidx.numel()
+                for k_, v in logged.items():
+                    sums[k_] = sums.get(k_, 0.0) + v
                 if s % 20 == 0:
-                    bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+                    bar.set_postfix(loss=f"{float(loss.detach()) if W == 1 else sum(logged.values()):.4f}")
             dt = time.perf_counter() - t0
             t_train += dt
             row: dict[str, Any] = {"epoch": epoch + 1, "samples_per_s": steps_per_epoch * p.batch_size / dt if dt > 0 else 0.0,
                                    "lr": sched.get_last_lr()[0], **{f"loss.{k_}": v / steps_per_epoch for k_, v in sums.items()}}
-            if (epoch + 1) % p.eval_every == 0 or epoch + 1 == p.epochs:
+            improved = False
+            if ((epoch + 1) % p.eval_every == 0 or epoch + 1 == p.epochs) and self.dist.main:
                 k = min(10, model.vocab.n_items)
                 topk, _ = rank_histories(model, self.trie, valid.history[vidx], k=k, beam=max(self.eval_beam, k), progress=self.progress,
                                          desc="valid", users=valid.user[vidx])
@@ -204,16 +284,21 @@ class Trainer:
                 if score > best.get("ndcg@10", -1.0) + (p.min_delta if best_epoch > 0 else 0.0):
                     best, best_epoch, bad = {"ndcg@10": score, **metrics}, epoch + 1, 0
                     best_state = state_dict_for_save(model)
+                    improved = True
                 else:
                     bad += 1
                 log.info("epoch %d: %s", epoch + 1, {k_: round(v, 4) if isinstance(v, float) else v for k_, v in row.items()})
+            if W > 1:  # rank 0 validated: every rank takes its row, best and patience (the weights are the same everywhere)
+                row, best, best_epoch, bad, improved = self._from_main((row, best, best_epoch, bad, improved))
+                if improved and not self.dist.main:
+                    best_state = state_dict_for_save(model)
             history.append(row)
             self._save_run(model, opt, epoch + 1, history, best, best_epoch, bad, best_state,
                            wall_used=wall_before + time.perf_counter() - t_wall)
             if bad >= p.patience:
                 stopped = True
                 break
-            if epoch + 1 < p.epochs and over_budget(epoch + 1):
+            if epoch + 1 < p.epochs and self._from_main(over_budget(epoch + 1)):
                 log.info("wall-clock budget of %.1f min: another epoch would pass it; stopping after epoch %d", p.max_minutes, epoch + 1)
                 budget_hit = True
                 break
@@ -224,17 +309,66 @@ class Trainer:
                            samples_per_s=(n_seen / t_train) if t_train > 0 else float(np.mean([h["samples_per_s"] for h in history] or [0.0])), train_seconds=t_train, resumed_from=start_epoch,
                            extra={"valid_samples": int(len(vidx)), "steps_per_epoch": steps_per_epoch, "device": str(self.device),
                                   "bf16": bf16, "threads": torch.get_num_threads(), "budget_hit": budget_hit,
-                                  "wall_seconds": round(wall_before + time.perf_counter() - t_wall, 1)})
+                                  "wall_seconds": round(wall_before + time.perf_counter() - t_wall, 1),
+                                  **({"processes": W} if W > 1 else {})})
+
+    # ---- several processes ----------------------------------------------------------------
+    def _comm_device(self) -> torch.device:
+        import torch.distributed as td
+
+        return self.device if td.get_backend() == "nccl" else torch.device("cpu")
+
+    def _from_main(self, obj):
+        """Rank 0's value of a JSON-able ``obj`` on every rank (itself on one process)."""
+        if not self.dist.enabled:
+            return obj
+        import torch.distributed as td
+
+        dev = self._comm_device()
+        data = json.dumps(obj).encode() if self.dist.main else b""
+        size = torch.tensor([len(data)], dtype=torch.long, device=dev)
+        td.broadcast(size, 0)
+        buf = torch.frombuffer(bytearray(data), dtype=torch.uint8).to(dev) if self.dist.main else \
+            torch.empty(int(size.item()), dtype=torch.uint8, device=dev)
+        td.broadcast(buf, 0)
+        out = json.loads(bytes(buf.cpu().tolist()).decode())
+        return tuple(out) if isinstance(obj, tuple) else out
+
+    def _global_losses(self, losses: dict[str, torch.Tensor], batch_keys: set[str], scale: float) -> dict[str, float]:
+        """The global batch's value of each loss term: shares summed over ranks (one all-reduce)."""
+        import torch.distributed as td
+
+        W = self.dist.world
+        vec = torch.stack([v.detach().float() * (scale if k in batch_keys else 1.0) / W for k, v in losses.items()])
+        vec = vec.to(self._comm_device())
+        td.all_reduce(vec)
+        return dict(zip(losses, vec.tolist()))
+
+    def _rng_states(self) -> dict[str, torch.Tensor]:
+        """``rng.torch`` (rank 0's torch RNG state) and, with several processes, ``rng.torch.rank<r>``
+        for the others (gathered on every rank; only rank 0 writes them)."""
+        state = torch.get_rng_state()
+        if not self.dist.enabled:
+            return {"rng.torch": state}
+        import torch.distributed as td
+
+        dev = self._comm_device()
+        parts = [torch.empty_like(state, device=dev) for _ in range(self.dist.world)]
+        td.all_gather(parts, state.to(dev))
+        return {("rng.torch" if r == 0 else f"rng.torch.rank{r}"): t.cpu() for r, t in enumerate(parts)}
 
     # ---- resumable run directory ----------------------------------------------------------
     def _save_run(self, model, opt, epoch, history, best, best_epoch, bad, best_state, wall_used: float = 0.0) -> None:
         if self.run_dir is None:
             return
+        rng = self._rng_states()  # a collective with several processes: every rank gets here
+        if not self.dist.main:
+            return
         from safetensors.torch import save_file
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
         tensors, groups = _save_optimizer(opt)
-        tensors["rng.torch"] = torch.get_rng_state()
+        tensors.update(rng)
         save_file(state_dict_for_save(model), str(self.run_dir / "last.safetensors"))
         save_file(best_state, str(self.run_dir / "best.safetensors"))
         save_file(tensors, str(self.run_dir / "optimizer.safetensors"))
@@ -255,7 +389,8 @@ class Trainer:
             return 0
         model.load_state_dict(load_file(str(self.run_dir / "last.safetensors"), device=str(self.device)))
         tensors = load_file(str(self.run_dir / "optimizer.safetensors"))
-        torch.set_rng_state(tensors.pop("rng.torch"))
+        rng = {k: tensors.pop(k) for k in [k for k in tensors if k.startswith("rng.")]}
+        torch.set_rng_state(rng.get(f"rng.torch.rank{self.dist.rank}", rng["rng.torch"]))
         _load_optimizer(opt, {k: v.to(self.device) if not k.endswith(".step") else v for k, v in tensors.items()}, st["param_groups"])
         steps_per_epoch = math.ceil(len(self.dataset.splits["train"]) / self.params.batch_size)
         if self.params.max_steps_per_epoch:
