@@ -119,22 +119,24 @@ def k_core(rows: list[tuple[str, str, int]], k: int) -> list[tuple[str, str, int
         rows = kept
 
 
-def read_meta(meta_path: Path, max_title_chars: int) -> dict[str, dict[str, str]]:
-    """``{asin: {title, description, brand, categories}}`` of the items with a cleaned title of
-    1..``max_title_chars`` characters (a later record of the same asin replaces an earlier one)."""
+def read_meta(meta_path: Path, max_title_chars: int, id_key: str = "asin", brand_key: str = "brand",
+              category_keys: tuple[str, ...] = ("category", "categories")) -> dict[str, dict[str, str]]:
+    """``{item id: {title, description, brand, categories}}`` of the items with a cleaned title of
+    1..``max_title_chars`` characters (a later record of the same id replaces an earlier one).
+    The keys default to the 2018 dump's; Amazon 2023 passes its own (``parent_asin``, ``store``)."""
     meta: dict[str, dict[str, str]] = {}
     for lineno, obj in iter_json_lines(meta_path):
-        asin = obj.get("asin")
+        asin = obj.get(id_key)
         if not asin:
-            raise DataError(f"{meta_path}:{lineno}: record without 'asin'")
+            raise DataError(f"{meta_path}:{lineno}: record without '{id_key}'")
         title = clean_text(obj.get("title"))
         if not title or len(title) > max_title_chars:
             continue
         meta[str(asin)] = {
             "title": title,
             "description": clean_text(obj.get("description")),
-            "brand": clean_text(obj.get("brand")),
-            "categories": clean_text(obj.get("category") or obj.get("categories")),
+            "brand": clean_text(obj.get(brand_key)),
+            "categories": clean_text(next((obj[c] for c in category_keys if obj.get(c)), None)),
         }
     return meta
 
@@ -182,18 +184,23 @@ def load_amazon2018(
         item_ids, user_ids, sequences, splits = columnar.build(
             columnar.read_reviews(reviews_path, AMAZON2018, set(meta), t0, t1), k, max_history, split_ratio, d
         )
-        return Dataset(
-            name=name,
-            item_ids=item_ids,
-            item_text=[meta[i] for i in item_ids],
-            user_ids=user_ids,
-            sequences=sequences,
-            splits=splits,
-            max_history=max_history,
-            text_fields=["title", "description", "brand", "categories"],
-            source=source,
-        )
+    else:
+        item_ids, user_ids, sequences, splits = _build_python(reviews_path, meta, t0, t1, k, max_history, split_ratio, d)
+    return Dataset(
+        name=name,
+        item_ids=item_ids,
+        item_text=[meta[i] for i in item_ids],
+        user_ids=user_ids,
+        sequences=sequences,
+        splits=splits,
+        max_history=max_history,
+        text_fields=["title", "description", "brand", "categories"],
+        source=source,
+    )
 
+
+def _build_python(reviews_path: Path, meta: dict, t0, t1, k: int, max_history: int, split_ratio, d: Path):
+    """The reference (one Python tuple per review) k-core, windows and chronological split."""
     rows: list[tuple[str, str, int]] = []
     seen: set[tuple[str, str, int]] = set()
     for lineno, obj in iter_json_lines(reviews_path):
@@ -231,14 +238,4 @@ def load_amazon2018(
         hist = [sequences[u][max(0, pos - max_history) : pos] for _, u, pos in part]
         targets = [sequences[u][pos] for _, u, pos in part]
         splits[s] = Split.from_lists(users, hist, targets, max_history)
-    return Dataset(
-        name=name,
-        item_ids=item_ids,
-        item_text=[meta[i] for i in item_ids],
-        user_ids=user_ids,
-        sequences=sequences,
-        splits=splits,
-        max_history=max_history,
-        text_fields=["title", "description", "brand", "categories"],
-        source=source,
-    )
+    return item_ids, user_ids, sequences, splits

@@ -19,7 +19,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from components.data import columnar
-from components.data.amazon import clean_text, iter_json_lines, k_core, parse_date, user_sequences
+from components.data.amazon import iter_json_lines, k_core, parse_date, user_sequences
+from components.data.amazon import read_meta as read_meta_2018
 from components.data.dataset import DataError, Dataset
 from components.data.table import build_samples
 
@@ -46,21 +47,8 @@ AMAZON2023 = columnar.ReviewFormat(
 
 
 def read_meta(meta_path: Path, max_title_chars: int) -> dict[str, dict[str, str]]:
-    meta: dict[str, dict[str, str]] = {}
-    for lineno, obj in iter_json_lines(meta_path):
-        asin = obj.get("parent_asin")
-        if not asin:
-            raise DataError(f"{meta_path}:{lineno}: record without 'parent_asin'")
-        title = clean_text(obj.get("title"))
-        if not title or len(title) > max_title_chars:
-            continue
-        meta[str(asin)] = {
-            "title": title,
-            "description": clean_text(obj.get("description")),
-            "brand": clean_text(obj.get("store")),
-            "categories": clean_text(obj.get("categories") or obj.get("main_category")),
-        }
-    return meta
+    """The 2018 reader with the 2023 keys: items are ``parent_asin``, the brand is ``store``."""
+    return read_meta_2018(meta_path, max_title_chars, id_key="parent_asin", brand_key="store", category_keys=("categories", "main_category"))
 
 
 def load_amazon2023(
