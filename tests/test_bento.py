@@ -103,3 +103,25 @@ def test_bentoml_build(bento_env):
     assert r.returncode == 0, r.stdout + r.stderr
     listed = subprocess.run([sys.executable, "-m", "bentoml", "list", "-o", "json"], env=env, capture_output=True, text=True, timeout=60)
     assert '"genrec:' in listed.stdout
+
+
+def test_recommend_batch_passes_the_user_for_self_exclusion():
+    """GenPlugin excludes the requesting user from its neighbours (as in training): the BentoML
+    request carries ``user_id`` to ``Recommender.recommend(users=...)``."""
+    import numpy as np
+
+    from components.generator.recommend import Recommendations
+    from components.serving.bento import RecommendRequest, recommend_batch
+
+    calls = []
+
+    class Rec:
+        def recommend(self, histories, **kw):
+            calls.append(kw)
+            n = len(histories)
+            return Recommendations([["a"]] * n, np.zeros((n, 1), np.int32), np.zeros((n, 1), np.float32), np.zeros(n, bool), None)
+
+    out = recommend_batch(Rec(), "generator/x@1", [RecommendRequest(history=["1"], k=1, user_id="u7"), RecommendRequest(history=["2"], k=1)])
+    assert [o.item_ids for o in out] == [["a"], ["a"]] and calls[0]["users"] == ["u7", None]
+    recommend_batch(Rec(), "generator/x@1", [RecommendRequest(history=["1"], k=1)])
+    assert "users" not in calls[-1]  # no user given: the head's own behaviour

@@ -81,6 +81,7 @@ class RecommendRequest(BaseModel):
     k: int = Field(10, description="items to return")
     beam: int = Field(0, description="beam width; 0 = max(20, k)")
     skip_unknown: bool = Field(False, description="drop unknown item ids instead of failing")
+    user_id: str | None = Field(None, description="the requesting user: excluded from a retrieval head's neighbours (GenPlugin), as in training")
 
 
 class RecommendResponse(BaseModel):
@@ -130,7 +131,9 @@ def recommend_batch(rec, model_ref: str, requests: list[RecommendRequest]) -> li
             groups.setdefault((r.k, r.beam or max(20, r.k), r.skip_unknown), []).append(i)
     for (k, beam, skip), idx in groups.items():
         try:
-            res = rec.recommend([requests[i].history for i in idx], k=k, beam=beam, skip_unknown=skip)
+            users = [requests[i].user_id for i in idx]
+            res = rec.recommend([requests[i].history for i in idx], k=k, beam=beam, skip_unknown=skip,
+                                **({"users": users} if any(users) else {}))
         except ValueError as e:  # GeneratorError, UnknownItemsError
             if len(idx) == 1:
                 out[idx[0]] = RecommendResponse(error=str(e), model_ref=model_ref)
