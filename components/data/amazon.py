@@ -64,6 +64,7 @@ def user_sequences(per_user: dict) -> tuple[list, list[list[int]], list[list]]:
         times.append([e[0] for e in events])
     return user_ids, sequences, times
 
+
 def parse_json_lines(lines, path: Path, start: int = 1) -> Iterator[tuple[int, dict]]:
     """``(line number, object)`` of the non-blank lines of an open text stream; line numbers count
     from ``start``. Malformed JSON or a line that is not an object is a :class:`DataError`."""

@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import csv
 import gzip
-import json
 import warnings
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
-from components.data.amazon import k_core, user_sequences
+from components.data.amazon import k_core, parse_json_lines, user_sequences
 from components.data.dataset import DataError, Dataset, Split
 
 INTERACTION_NAMES = ("interactions.csv", "interactions.csv.gz", "interactions.tsv", "interactions.tsv.gz", "interactions.parquet")
@@ -80,16 +79,7 @@ def iter_table(path: str | Path, kind: str | None = None) -> Iterator[tuple[int,
     with f:
         try:
             if kind == "jsonl":
-                for lineno, line in enumerate(f, start=1):
-                    if not line.strip():
-                        continue
-                    try:
-                        obj = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
-                    if not isinstance(obj, dict):
-                        raise DataError(f"{path}:{lineno}: expected a JSON object")
-                    yield lineno, obj
+                yield from parse_json_lines(f, path)
                 return
             reader = csv.reader(f, delimiter="\t" if kind == "tsv" else ",")
             try:
