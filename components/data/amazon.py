@@ -182,51 +182,50 @@ def load_amazon2018(
     source = {"format": "amazon2018", "path": str(d), "k_core": k, "start_time": start_time, "end_time": end_time}
     name = name or reviews_path.name.split(".")[0]
     if engine == "polars":
-        item_ids, user_ids, sequences, splits = columnar.build(
-            columnar.read_reviews(reviews_path, AMAZON2018, set(meta), t0, t1), k, max_history, split_ratio, d
-        )
+        built = columnar.build(columnar.read_reviews(reviews_path, AMAZON2018, set(meta), t0, t1), k, max_history, split_ratio, d)
     else:
-        item_ids, user_ids, sequences, splits = _build_python(reviews_path, meta, t0, t1, k, max_history, split_ratio, d)
-    return Dataset(
-        name=name,
-        item_ids=item_ids,
-        item_text=[meta[i] for i in item_ids],
-        user_ids=user_ids,
-        sequences=sequences,
-        splits=splits,
-        max_history=max_history,
-        text_fields=["title", "description", "brand", "categories"],
-        source=source,
-    )
+        built = _build_python(reviews_path, meta, t0, t1, k, max_history, split_ratio, d)
+    return amazon_dataset(name, meta, built, max_history, source)
 
 
-def _build_python(reviews_path: Path, meta: dict, t0, t1, k: int, max_history: int, split_ratio, d: Path):
-    """The reference (one Python tuple per review) k-core, windows and chronological split."""
+def reference_sequences(reviews_path: Path, key_fn, need: str, meta: dict, t0, t1, k: int, d: Path):
+    """The reference reader (one Python tuple per review) shared by the 2018 and 2023 loaders:
+    reviews of items with metadata inside [t0, t1), exact duplicates dropped, iterative k-core;
+    returns ``(item_ids, user_ids, sequences, times)``."""
     rows: list[tuple[str, str, int]] = []
     seen: set[tuple[str, str, int]] = set()
     for lineno, obj in iter_json_lines(reviews_path):
         try:
-            user, item, ts = review_key_2018(obj)
+            key = key_fn(obj)
         except (KeyError, TypeError, ValueError):
-            raise DataError(f"{reviews_path}:{lineno}: {REVIEW_FIELDS_2018}") from None
-        if item not in meta or (t0 is not None and ts < t0) or (t1 is not None and ts >= t1):
-            continue
-        key = (user, item, ts)
-        if key in seen:
+            raise DataError(f"{reviews_path}:{lineno}: {need}") from None
+        _, item, ts = key
+        if item not in meta or (t0 is not None and ts < t0) or (t1 is not None and ts >= t1) or key in seen:
             continue
         seen.add(key)
         rows.append(key)
     rows = k_core(rows, k)
     if not rows:
         raise DataError(f"{d}: no interactions left after title filtering, time window and {k}-core")
-
     item_ids = sorted({i for _, i, _ in rows})
     item_index = {iid: n for n, iid in enumerate(item_ids)}
     per_user: dict[str, list[tuple[int, int, int]]] = {}
     for order, (u, i, ts) in enumerate(rows):
         per_user.setdefault(u, []).append((ts, order, item_index[i]))
     user_ids, sequences, times = user_sequences(per_user)
+    return item_ids, user_ids, sequences, times
 
+
+def amazon_dataset(name: str, meta: dict, built: tuple, max_history: int, source: dict) -> Dataset:
+    """The ``Dataset`` of an Amazon loader from ``(item_ids, user_ids, sequences, splits)``."""
+    item_ids, user_ids, sequences, splits = built
+    return Dataset(name=name, item_ids=item_ids, item_text=[meta[i] for i in item_ids], user_ids=user_ids, sequences=sequences,
+                   splits=splits, max_history=max_history, text_fields=["title", "description", "brand", "categories"], source=source)
+
+
+def _build_python(reviews_path: Path, meta: dict, t0, t1, k: int, max_history: int, split_ratio, d: Path):
+    """The reference k-core, windows and chronological split."""
+    item_ids, user_ids, sequences, times = reference_sequences(reviews_path, review_key_2018, REVIEW_FIELDS_2018, meta, t0, t1, k, d)
     samples = [(times[u][pos], u, pos) for u in range(len(user_ids)) for pos in range(1, len(sequences[u]))]
     samples.sort(key=lambda s: s[0])  # stable: ties keep user order
     n = len(samples)

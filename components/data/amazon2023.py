@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from components.data import columnar
-from components.data.amazon import iter_json_lines, k_core, parse_date, user_sequences
+from components.data.amazon import amazon_dataset, parse_date, reference_sequences
 from components.data.amazon import read_meta as read_meta_2018
 from components.data.dataset import DataError, Dataset
 from components.data.table import build_samples
@@ -71,44 +71,8 @@ def load_amazon2023(
     meta = read_meta(meta_path, max_title_chars)
     source = {"format": "amazon2023", "path": str(d), "k_core": k, "start_time": start_time, "end_time": end_time}
     if engine == "polars":
-        reviews = columnar.read_reviews(reviews_path, AMAZON2023, set(meta), t0, t1)
-        item_ids, user_ids, sequences, splits = columnar.build(reviews, k, max_history, split_ratio, d)
+        built = columnar.build(columnar.read_reviews(reviews_path, AMAZON2023, set(meta), t0, t1), k, max_history, split_ratio, d)
     else:
-        item_ids, user_ids, sequences, splits = _build_python(reviews_path, meta, t0, t1, k, max_history, split_ratio, d)
-    return Dataset(
-        name=name or reviews_path.name.split(".")[0],
-        item_ids=item_ids,
-        item_text=[meta[i] for i in item_ids],
-        user_ids=user_ids,
-        sequences=sequences,
-        splits=splits,
-        max_history=max_history,
-        text_fields=["title", "description", "brand", "categories"],
-        source=source,
-    )
-
-
-def _build_python(reviews_path: Path, meta: dict, t0, t1, k: int, max_history: int, split_ratio, d: Path):
-    """The reference: Python tuples per review."""
-    rows: list[tuple[str, str, int]] = []
-    seen: set[tuple[str, str, int]] = set()
-    for lineno, obj in iter_json_lines(reviews_path):
-        try:
-            key = review_key(obj)
-        except (KeyError, TypeError, ValueError):
-            raise DataError(f"{reviews_path}:{lineno}: {REVIEW_FIELDS}") from None
-        _, item, ts = key
-        if item not in meta or (t0 is not None and ts < t0) or (t1 is not None and ts >= t1) or key in seen:
-            continue
-        seen.add(key)
-        rows.append(key)
-    rows = k_core(rows, k)
-    if not rows:
-        raise DataError(f"{d}: no interactions left after title filtering, time window and {k}-core")
-    item_ids = sorted({i for _, i, _ in rows})
-    item_index = {iid: n for n, iid in enumerate(item_ids)}
-    per_user: dict[str, list[tuple[int, int, int]]] = {}
-    for order, (u, i, ts) in enumerate(rows):
-        per_user.setdefault(u, []).append((ts, order, item_index[i]))
-    user_ids, sequences, times = user_sequences(per_user)
-    return item_ids, user_ids, sequences, build_samples(sequences, times, max_history, "time", split_ratio)
+        item_ids, user_ids, sequences, times = reference_sequences(reviews_path, review_key, REVIEW_FIELDS, meta, t0, t1, k, d)
+        built = (item_ids, user_ids, sequences, build_samples(sequences, times, max_history, "time", split_ratio))
+    return amazon_dataset(name or reviews_path.name.split(".")[0], meta, built, max_history, source)
