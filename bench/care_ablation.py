@@ -46,6 +46,8 @@ VARIANTS = {
     "care-no-div": {"generator": {"heads": [{**CARE, "alpha": 0.0}]}},
     "care-q1144": {"generator": {"heads": [{**CARE, "queries": "1-1-4-4"}]}},
     "care-q2244": {"generator": {"heads": [{**CARE, "queries": "2-2-4-4"}]}},
+    # the paper's history encoding (the backbone's standard encoder mask; only the queries restricted)
+    "care-std-history": {"generator": {"heads": [{**CARE, "progressive_history": False}]}},
 }
 
 

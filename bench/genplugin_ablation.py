@@ -1,4 +1,5 @@
-"""TIGER vs TIGER+GenPlugin and its ablations (w/o DSA, w/o SSG, w/o RAR) through the experiment
+"""TIGER vs TIGER+GenPlugin and its ablations (w/o DSA, w/o SSG, w/o RAR, RAR with the BM25 or the
+collaborative retrieval path alone: ``rar_paths``) through the experiment
 code: each variant is an experiment block (``VARIANTS``) run by
 ``components.experiment.ablation.run_variants`` with the params' preset (``cpu`` by default: trained
 to early stopping, every test sample ranked), seeds and resume; the report is
@@ -31,6 +32,8 @@ VARIANTS = {
     "gp-no-dsa": {"generator": {"heads": [{**GP, "dsa": False}]}},
     "gp-no-ssg": {"generator": {"heads": [{**GP, "ssg": False}]}},
     "gp-no-rar": {"generator": {"heads": [{**GP, "rar": False}]}},
+    "gp-bm25-only": {"generator": {"heads": [{**GP, "rar_paths": "bm25"}]}},  # RAR with the content path alone
+    "gp-cf-only": {"generator": {"heads": [{**GP, "rar_paths": "cf"}]}},  # RAR with the collaborative path alone
 }
 
 

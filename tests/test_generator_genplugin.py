@@ -255,6 +255,46 @@ def test_rar_reranks_the_union_of_both_paths_by_id_view_representations(synth, m
     assert head._nbr_cache[(tuple(hist), me)] == _id_view_neighbours(head, r, hist, me, z=4, v=3)
 
 
+@pytest.mark.parametrize("paths", ["bm25", "cf"])
+def test_rar_with_one_retrieval_path_alone_reranks_only_that_paths_candidates(synth, monkeypatch, one_thread, paths):
+    """Issue #15 ablation "RAR with each retrieval path alone": rar_paths bm25 / cf re-rank only that
+    path's top-z by the ID-view cosine (no both-path priority: the other path is not asked), in the
+    head's own retrieval and in the service path (select_neighbors) alike."""
+    ds, emb, r = synth
+    model, head = _synth_model(ds, emb, v=3, z=4, rar_active=True, rar_paths=paths)
+    head.set_retriever(r)
+    model.eval()
+    hist, me = [3, 4, 5], 0
+    distinct = {}
+    for u in range(ds.n_users):
+        distinct.setdefault(tuple(r.train_histories[u][-ds.max_history:]), u)
+    others = [u for u in distinct.values() if u != me]
+    reps = F.normalize(head.neighbor_representations([r.train_histories[u][-ds.max_history:] for u in others]), dim=-1)
+    q = F.normalize(head.neighbor_representations([hist]), dim=-1)[0]
+    cos, order = torch.sort(reps @ q, descending=True)
+    assert (cos[:7].diff() < 0).all()
+    by_cos = [others[i] for i in order.tolist()]
+    # as in the test above: BM25 holds the 1st, 3rd, 5th and last, faiss the 2nd, 4th, 6th and last
+    a = np.array([by_cos[-1], by_cos[4], by_cos[2], by_cos[0]])
+    c = np.array([by_cos[-1], by_cos[5], by_cos[3], by_cos[1]])
+    monkeypatch.setattr(r, "candidates", lambda **kw: (a, c, None))
+    head.retrieve(torch.tensor([[-1] + hist]), users=[me])
+    want = [by_cos[0], by_cos[2], by_cos[4]] if paths == "bm25" else [by_cos[1], by_cos[3], by_cos[5]]
+    assert head._nbr_cache[(tuple(hist), me)] == want  # the shared last user is no longer kept first
+    # the service path: labelled candidates from a retrieval service, the other path's dropped
+    label = {int(u): "both" if u == by_cos[-1] else ("bm25" if u in a else "cf") for u in np.concatenate([a, c])}
+    cands = [(r.train_histories[u][-ds.max_history:], lab) for u, lab in label.items()]
+    users = list(label)
+    assert [users[k] for k in head.select_neighbors(hist, cands)] == want
+    only_other = [(h, lab) for h, lab in cands if lab == ("cf" if paths == "bm25" else "bm25")]
+    assert head.select_neighbors(hist, only_other) == []
+
+
+def test_rar_paths_option_is_checked():
+    with pytest.raises(Exception, match="rar_paths"):
+        GenPluginHead(D, n_items=4, text_dim=8, lan_heads=2, lan_ff=32, proj_hidden=16, rar_paths="faiss")
+
+
 def test_rep_cache_eviction_cannot_drop_a_value_being_read(synth, one_thread):
     """Issue #15 (3): capacity 2, cache A and B, then ask for [C, A]: writing C evicted A before A was read (KeyError)."""
     from components.retrieval.retriever import RepresentationCache

@@ -65,7 +65,8 @@ retrieval service for this head's ``z`` and all ``2z`` candidates, and keeps ``v
 same ID-view re-rank (:meth:`GenPluginHead.select_neighbors`).
 
 Ablations: ``dsa: false`` (no L_item / L_user), ``ssg: false`` (no substitution, no L_kl),
-``rar: false`` (no fine-tuning stage, no augmentation).
+``rar: false`` (no fine-tuning stage, no augmentation), and ``rar_paths: bm25`` / ``cf`` (RAR with one
+retrieval path alone: only that path's top-``z`` is re-ranked; ``both`` = the paper).
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ from __future__ import annotations
 import logging
 import types
 import warnings
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -108,6 +109,8 @@ class GenPluginParams(Section):
     dsa: bool = Field(True, description="dual-source contrastive alignment (L_item, L_user); false = ablation w/o DSA")
     ssg: bool = Field(True, description="semantic-substitution guidance + symmetric KL; false = ablation w/o SSG")
     rar: bool = Field(True, description="retrieval-augmented fine-tuning and inference; false = ablation w/o RAR")
+    rar_paths: Literal["both", "bm25", "cf"] = Field("both", description="retrieval paths whose candidates RAR re-ranks: both "
+                                                     "(the paper) | bm25 (content path alone) | cf (collaborative path alone)")
     lan_layers: int = Field(2, ge=1, description="language-view Transformer encoder layers")
     lan_heads: int = Field(4, ge=1, description="language-view attention heads (must divide d_model)")
     lan_ff: int = Field(256, ge=8, description="language-view feed-forward size")
@@ -494,12 +497,22 @@ class GenPluginHead(Head):
         from components.retrieval.retriever import merge, union
 
         a, c, _ = r.candidates(history=hist, z=self.p.z, exclude_user=exclude_user)
+        a, c = self._paths(a, c)
         cands = union(a, c)
         if cands.size == 0:
             return []
         reps = self.neighbor_representations([r.train_histories[u][-self.model.max_items :] for u in cands.tolist()],
                                              keys=[("u", u) for u in cands.tolist()]).float().cpu().numpy()
         return [n.user for n in merge(a, c, _cosine(reps, q), self.p.v)]
+
+    def _paths(self, a: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The BM25 (``a``) and faiss (``c``) candidates this head re-ranks (``rar_paths``)."""
+        empty = np.zeros(0, dtype=np.int64)
+        if self.p.rar_paths == "bm25":
+            return np.asarray(a, dtype=np.int64), empty
+        if self.p.rar_paths == "cf":
+            return empty, np.asarray(c, dtype=np.int64)
+        return a, c
 
     def select_neighbors(self, history: Sequence[int], candidates: Sequence[tuple[Sequence[int], str]],
                          model_ref: str | None = None) -> list[int]:
@@ -512,7 +525,10 @@ class GenPluginHead(Head):
             return live[: self.p.v]
         a = np.array([k for k in live if candidates[k][1] != "cf"], dtype=np.int64)  # bm25, both (or unlabelled)
         c = np.array([k for k in live if candidates[k][1] in ("cf", "both")], dtype=np.int64)
+        a, c = self._paths(a, c)
         cands = union(a, c)
+        if cands.size == 0:
+            return []
         reps = self.neighbor_representations([candidates[k][0] for k in cands.tolist()], model_ref=model_ref).float().cpu().numpy()
         q = self._encode_users([list(history)[-self.model.max_items :]])[0]
         return [n.user for n in merge(a, c, _cosine(reps, q), self.p.v)]
