@@ -243,11 +243,11 @@ def test_rar_reranks_the_union_of_both_paths_by_id_view_representations(synth, m
     a = np.array([by_cos[0], by_cos[2], by_cos[4], by_cos[-1]])
     c = np.array([by_cos[1], by_cos[3], by_cos[5], by_cos[-1]])
     calls = []
-    monkeypatch.setattr(r, "candidates", lambda **kw: calls.append(kw) or (a, c, None))
+    monkeypatch.setattr(r, "candidates_batch", lambda histories, z, exclude_users: calls.append((histories, z, exclude_users)) or [(a, c)])
     st, mk = head.retrieve(torch.tensor([[-1] + hist]), users=[me])
     got = head._nbr_cache[(tuple(hist), me)]
     assert got == [by_cos[-1], by_cos[0], by_cos[1]]  # the both-path user first; then BM25's and faiss's best
-    assert calls == [{"history": hist, "z": 4, "exclude_user": me}] and mk.all()
+    assert calls == [([hist], 4, [me])] and mk.all()
     # unmocked: the same rule over the real candidates
     monkeypatch.undo()
     head._nbr_cache.clear()
@@ -277,7 +277,7 @@ def test_rar_with_one_retrieval_path_alone_reranks_only_that_paths_candidates(sy
     # as in the test above: BM25 holds the 1st, 3rd, 5th and last, faiss the 2nd, 4th, 6th and last
     a = np.array([by_cos[-1], by_cos[4], by_cos[2], by_cos[0]])
     c = np.array([by_cos[-1], by_cos[5], by_cos[3], by_cos[1]])
-    monkeypatch.setattr(r, "candidates", lambda **kw: (a, c, None))
+    monkeypatch.setattr(r, "candidates_batch", lambda histories, z, exclude_users: [(a, c)])
     head.retrieve(torch.tensor([[-1] + hist]), users=[me])
     want = [by_cos[0], by_cos[2], by_cos[4]] if paths == "bm25" else [by_cos[1], by_cos[3], by_cos[5]]
     assert head._nbr_cache[(tuple(hist), me)] == want  # the shared last user is no longer kept first
@@ -477,14 +477,14 @@ def test_rar_stage_trains_only_the_decoder_with_frozen_parts_in_eval_mode(synth,
     for name, mod in mods.items():
         mod.register_forward_pre_hook(lambda m, a, name=name: seen.setdefault(name, set()).add(m.training))
     asked = []
-    orig = r.candidates
+    orig = r.candidates_batch
 
-    def spy(user=None, history=None, z=20, exclude_item=None, exclude_user=None):
-        out = orig(user, history, z, exclude_item, exclude_user)
-        asked.append((exclude_user, out))
+    def spy(histories, z=20, exclude_users=None):
+        out = orig(histories, z, exclude_users)
+        asked.extend(zip(exclude_users, out))
         return out
 
-    monkeypatch.setattr(r, "candidates", spy)
+    monkeypatch.setattr(r, "candidates_batch", spy)
     pre = TrainResult(best_state=before, history=[{"epoch": 1}], best_epoch=1, best_valid={"ndcg@10": -1.0}, epochs_run=1,
                       stopped_early=False, samples_per_s=1.0, train_seconds=1.0)
     tp = TrainParams(epochs=1, batch_size=8, max_steps_per_epoch=2, valid_samples=2, lr=0.05, warmup_steps=0, device="cpu",
@@ -502,7 +502,7 @@ def test_rar_stage_trains_only_the_decoder_with_frozen_parts_in_eval_mode(synth,
     assert changed.isdisjoint(frozen)
     assert res.extra["rar.kept"] == "rar" and head.p.rar_active  # (valid "before" was -1: the stage is kept)
     # the Trainer's batches and its validation exclude each sample's user, who is never its own neighbour
-    assert asked and all(u is not None and u not in set(a.tolist()) | set(c.tolist()) for u, (a, c, _) in asked)
+    assert asked and all(u is not None and u not in set(a.tolist()) | set(c.tolist()) for u, (a, c) in asked)
     model.train()  # after the stage train()/eval() and requires_grad are normal again
     assert model.backbone.t5.get_encoder().training and all(q.requires_grad for q in model.parameters())
 

@@ -183,20 +183,29 @@ class UserRetriever:
             if not hist:
                 raise RetrievalError(f"user {self.user_ids[u]!r} has an empty training history")
             return u, [t for i in hist for t in self.item_tokens[i]], self.user_vectors[u], self.rerank_vectors[u]
+        hist = self._checked_history(history)
+        qvec = self.history_vector(hist)  # one encoding: the raw history's vector is also its re-rank vector
+        return None, [t for i in hist for t in self.item_tokens[i]], qvec, qvec
+
+    def _checked_history(self, history: Sequence[int]) -> list[int]:
         hist = [int(i) for i in history]
         if not hist:
             raise RetrievalError("empty history")
         bad = [i for i in hist if not 0 <= i < len(self.item_vectors)]
         if bad:
             raise RetrievalError(f"unknown item indices in history: {bad[:10]}")
-        return None, [t for i in hist for t in self.item_tokens[i]], self.history_vector(hist), self.history_vector(hist)
+        return hist
 
     def history_vector(self, hist: Sequence[int]) -> np.ndarray:
         """A raw history's vector in the user-vector space: SASRec's user state (``sasrec``) or the
         mean of its items' vectors (``item-mean``), L2-normalised."""
+        return self.history_vectors([hist])[0]
+
+    def history_vectors(self, hists: Sequence[Sequence[int]]) -> np.ndarray:
+        """:meth:`history_vector` of many raw histories, one SASRec batch ``[n, d]``."""
         if self.query_encoder is not None:
-            return vec.normalize(self.query_encoder.encode([list(hist)]))[0]
-        return vec.normalize(self.item_vectors[list(hist)].mean(axis=0, keepdims=True))[0]
+            return vec.normalize(self.query_encoder.encode([list(h) for h in hists]))
+        return vec.normalize(np.stack([self.item_vectors[list(h)].mean(axis=0) for h in hists]))
 
     def _check_zv(self, z: int, v: int) -> None:
         if z < 1 or v < 1:
@@ -247,6 +256,36 @@ class UserRetriever:
             u = self._user(exclude_user)
         banned = self.banned(u, exclude_item)
         return self.bm25_top(tokens, z, banned), self.cf_top(qvec, z, banned), rvec
+
+    def candidates_batch(
+        self,
+        histories: Sequence[Sequence[int]],
+        z: int = 20,
+        exclude_users: Sequence[int | str | None] | None = None,
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """:meth:`candidates` (BM25 top ``z``, faiss top ``z``) of many raw histories at once, row
+        ``k`` excluding ``exclude_users[k]``: one SASRec batch and one faiss search for all of them
+        (what GenPlugin's RAR asks for every training batch and ranking batch)."""
+        if z < 1:
+            raise RetrievalError(f"z must be ≥ 1 (got z={z})")
+        if z >= self.n_users:
+            raise RetrievalError(f"z={z} must be smaller than the {self.n_users} indexed users")
+        hists = [self._checked_history(h) for h in histories]
+        if exclude_users is not None and len(exclude_users) != len(hists):
+            raise RetrievalError(f"{len(exclude_users)} excluded users for {len(hists)} histories")
+        if not hists:
+            return []
+        banned = [self.banned(None if exclude_users is None or exclude_users[k] is None else self._user(exclude_users[k]), None)
+                  for k in range(len(hists))]
+        qvecs = self.history_vectors(hists).astype(np.float32)
+        want = min(z + max(int(b.sum()) for b in banned), self.n_users)
+        _, idx = self.faiss.search(qvecs, want)
+        out = []
+        for k, h in enumerate(hists):
+            row = idx[k][idx[k] >= 0]
+            cf = row[~banned[k][row]][:z].astype(np.int64)
+            out.append((self.bm25_top([t for i in h for t in self.item_tokens[i]], z, banned[k]), cf))
+        return out
 
     def similar_users(
         self,

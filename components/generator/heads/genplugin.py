@@ -474,8 +474,13 @@ class GenPluginHead(Head):
             if len(self._nbr_cache) > 200_000:
                 self._nbr_cache.clear()
             queries = self._encode_users([rows[b] for b in todo])  # q_u of the query rows (Eq. 3)
-            for b, q in zip(todo, queries):
-                self._nbr_cache[keys[b]] = self._rerank(r, rows[b], keys[b][1], q)
+            found = [self._paths(a, c) for a, c in r.candidates_batch([rows[b] for b in todo], z=self.p.z,
+                                                                      exclude_users=[keys[b][1] for b in todo])]
+            pool = sorted({int(u) for a, c in found for u in np.concatenate([a, c])})
+            if pool:  # every candidate's q_v in one encoder batch (the cache then serves each row's re-rank)
+                self.neighbor_representations([r.train_histories[u][-self.model.max_items :] for u in pool], keys=[("u", u) for u in pool])
+            for b, q, (a, c) in zip(todo, queries, found):
+                self._nbr_cache[keys[b]] = self._rerank(r, a, c, q)
         want: list[tuple[int, int, int]] = []
         for b, hist in enumerate(rows):
             if hist:
@@ -490,13 +495,12 @@ class GenPluginHead(Head):
             mask[bi, ji] = True
         return states, mask
 
-    def _rerank(self, r, hist: list[int], exclude_user: int | None, q: np.ndarray) -> list[int]:
-        """§3.3: BM25 top-z ∪ faiss top-z (the query user excluded), re-ranked by the cosine between
-        the ID-view representations ``q`` (Eq. 3) of the query and of each candidate; users found by
-        both paths are always kept (first); ``v`` users."""
+    def _rerank(self, r, a: np.ndarray, c: np.ndarray, q: np.ndarray) -> list[int]:
+        """§3.3: BM25 top-z ``a`` ∪ faiss top-z ``c`` (the query user excluded), re-ranked by the
+        cosine between the ID-view representations ``q`` (Eq. 3) of the query and of each candidate;
+        users found by both paths are always kept (first); ``v`` users."""
         from components.retrieval.retriever import merge, union
 
-        a, c, _ = r.candidates(history=hist, z=self.p.z, exclude_user=exclude_user)
         a, c = self._paths(a, c)
         cands = union(a, c)
         if cands.size == 0:
