@@ -189,6 +189,21 @@ def test_experiment_errors_name_the_key(tmp_path, registry, synth, capsys, monke
     assert "codebook/synth-crab@latest does not exist" in err
 
 
+def test_only_seeds_runs_one_seed_with_the_full_lists_names_and_parents(tmp_path, registry, synth, capsys, monkeypatch):
+    """`--only-seeds 2025` (one core or machine per seed): the plan holds that seed's runs only, named
+    and warm-started as in the full seed list (-s2025, its own tiger); a seed outside the list is refused."""
+    monkeypatch.chdir(tmp_path)
+    params = _experiment_params(tmp_path, VARIANTS)
+    assert main([*_args(registry, params), "experiment", "run", "--seeds", "2", "--only-seeds", "2025", "--dry-run",
+                 "--variants", "tiger", "tiger-ft"]) == 0
+    text = capsys.readouterr().out
+    assert "2 runs (0 finished, 2 to run)" in text
+    assert "synth-tiger-s2025" in text and "synth-tiger-ft-s2025" in text
+    assert "synth-tiger " not in text and "synth-tiger-ft " not in text  # the params seed's runs are not planned
+    assert main([*_args(registry, params), "experiment", "run", "--seeds", "2", "--only-seeds", "2026", "--dry-run"]) == 2
+    assert "--only-seeds [2026]" in capsys.readouterr().err
+
+
 def test_paper_preset_without_gpu_is_refused_before_training(tmp_path, registry, synth, capsys, monkeypatch):
     import torch
 

@@ -23,6 +23,9 @@ def register(sub) -> None:
     r = esub.add_parser("run", help="train + rank every variant x seed not finished yet (resumable), then write the report")
     r.add_argument("--variants", nargs="+", default=None, help="variants to run (default: every variant in experiment.variants)")
     r.add_argument("--seeds", type=int, default=None, help="runs per variant: seeds seed .. seed+N-1 (default: experiment.seeds)")
+    r.add_argument("--only-seeds", type=int, nargs="+", default=None,
+                   help="run only these of the seeds (e.g. one per machine or core: --only-seeds 2025); names and "
+                        "parents stay those of the full seed list, the report still covers every seed")
     r.add_argument("--dry-run", action="store_true", help="print the plan and the expected time, run nothing")
     _report_args(r)
     r.add_argument("--no-report", action="store_true", help="do not write the report afterwards")
@@ -92,7 +95,13 @@ def cmd_run(args, ctx) -> int:
     ep = ctx.params.experiment
     variants = args.variants or list(ep.variants)
     seeds = _seeds(args, ctx)
-    exp.run(variants, seeds, dry_run=args.dry_run)
+    run_seeds = seeds
+    if args.only_seeds:
+        bad = sorted(set(args.only_seeds) - set(seeds))
+        if bad:
+            raise ExperimentError(f"--only-seeds {bad}: not among the experiment's seeds {seeds} (seed {ctx.params.seed}, --seeds {len(seeds)})")
+        run_seeds = [s for s in seeds if s in set(args.only_seeds)]
+    exp.run(variants, run_seeds, dry_run=args.dry_run)
     if not args.dry_run and not args.no_report:
         _report(args, ctx, exp, [v for v in (ep.report or list(ep.variants)) if v in variants or not args.variants], seeds)
     return 0
