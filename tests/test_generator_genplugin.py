@@ -222,6 +222,19 @@ def test_rar_neighbours_same_at_finetuning_and_ranking_and_never_the_query_user(
     assert all(u not in nb for (_, u), nb in head._nbr_cache.items())
 
 
+def _users_by_id_view_cosine(head, r, ds, hist, me):
+    """One user per distinct indexed history (no ties), ``me`` left out, sorted by the cosine of their
+    ID-view representation with ``hist``'s (best first), and those cosines."""
+    distinct = {}
+    for u in range(ds.n_users):
+        distinct.setdefault(tuple(r.train_histories[u][-ds.max_history:]), u)
+    others = [u for u in distinct.values() if u != me]
+    reps = F.normalize(head.neighbor_representations([r.train_histories[u][-ds.max_history:] for u in others]), dim=-1)
+    q = F.normalize(head.neighbor_representations([hist]), dim=-1)[0]
+    cos, order = torch.sort(reps @ q, descending=True)
+    return [others[i] for i in order.tolist()], cos
+
+
 def test_rar_reranks_the_union_of_both_paths_by_id_view_representations(synth, monkeypatch, one_thread):
     """Issue #15 (2): the BM25 ∪ faiss candidates are re-ranked by the cosine of GenPlugin's ID-view
     user representations q (Eq. 3), users found by both paths kept first; both paths contribute."""
@@ -230,15 +243,8 @@ def test_rar_reranks_the_union_of_both_paths_by_id_view_representations(synth, m
     head.set_retriever(r)
     model.eval()
     hist, me = [3, 4, 5], 0
-    distinct = {}  # one user per distinct (indexed) history: no ties in the cosines
-    for u in range(ds.n_users):
-        distinct.setdefault(tuple(r.train_histories[u][-ds.max_history:]), u)
-    others = [u for u in distinct.values() if u != me]
-    reps = F.normalize(head.neighbor_representations([r.train_histories[u][-ds.max_history:] for u in others]), dim=-1)
-    q = F.normalize(head.neighbor_representations([hist]), dim=-1)[0]
-    cos, order = torch.sort(reps @ q, descending=True)
-    assert (cos[:6].diff() < 0).all() and len(others) > 7
-    by_cos = [others[i] for i in order.tolist()]
+    by_cos, cos = _users_by_id_view_cosine(head, r, ds, hist, me)
+    assert (cos[:6].diff() < 0).all() and len(by_cos) > 7
     # BM25 finds the 1st, 3rd, 5th most similar users (ID view), faiss the 2nd, 4th, 6th, and both find the last one
     a = np.array([by_cos[0], by_cos[2], by_cos[4], by_cos[-1]])
     c = np.array([by_cos[1], by_cos[3], by_cos[5], by_cos[-1]])
@@ -265,15 +271,8 @@ def test_rar_with_one_retrieval_path_alone_reranks_only_that_paths_candidates(sy
     head.set_retriever(r)
     model.eval()
     hist, me = [3, 4, 5], 0
-    distinct = {}
-    for u in range(ds.n_users):
-        distinct.setdefault(tuple(r.train_histories[u][-ds.max_history:]), u)
-    others = [u for u in distinct.values() if u != me]
-    reps = F.normalize(head.neighbor_representations([r.train_histories[u][-ds.max_history:] for u in others]), dim=-1)
-    q = F.normalize(head.neighbor_representations([hist]), dim=-1)[0]
-    cos, order = torch.sort(reps @ q, descending=True)
+    by_cos, cos = _users_by_id_view_cosine(head, r, ds, hist, me)
     assert (cos[:7].diff() < 0).all()
-    by_cos = [others[i] for i in order.tolist()]
     # as in the test above: BM25 holds the 1st, 3rd, 5th and last, faiss the 2nd, 4th, 6th and last
     a = np.array([by_cos[-1], by_cos[4], by_cos[2], by_cos[0]])
     c = np.array([by_cos[-1], by_cos[5], by_cos[3], by_cos[1]])
