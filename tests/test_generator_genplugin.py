@@ -359,9 +359,9 @@ def test_rar_bad_input(synth):
 
 
 # ---- checkpoint + CLI ----------------------------------------------------------------------------
-def test_cli_train_rank_two_stages_and_checkpoint_roundtrip(registry, synth, tmp_path, monkeypatch):
-    from components.cli import main
-    from components.generator.checkpoint import load_checkpoint
+def _cli_inputs(registry, synth, tmp_path, monkeypatch):
+    """Dataset, embeddings, codebook and retrieval index of ``synth`` in the registry; returns the CLI
+    ``--set`` flags of a smoke GenPlugin run (the heads flag last) and the embeddings artifact."""
     from components.retrieval.retriever import UserRetriever
     from components.tokenizer.codebook import Codebook
     from components.tokenizer.encoders import save_embeddings
@@ -377,6 +377,16 @@ def test_cli_train_rank_two_stages_and_checkpoint_roundtrip(registry, synth, tmp
     sets = ["--set", "data.dataset=synth", "--set", "generator.preset=smoke", "--set", "generator.train.max_steps_per_epoch=3", "--set", "generator.train.valid_samples=8",
             "--set", "generator.decode.max_samples=8", "--set", "generator.decode.beam=10", "--set", "generator.decode.k=10",
             "--set", 'generator.heads=[{"type": "genplugin", "z": 5, "v": 3, "finetune_epochs": 1, "lan_heads": 2}]']
+    return sets, e_art
+
+
+def test_cli_train_rank_two_stages_and_checkpoint_roundtrip(registry, synth, tmp_path, monkeypatch):
+    from components.cli import main
+    from components.generator.checkpoint import load_checkpoint
+    from components.tokenizer.encoders import save_embeddings
+
+    ds, emb, _ = synth
+    sets, e_art = _cli_inputs(registry, synth, tmp_path, monkeypatch)
     base = ["--registry", str(registry.root)] + sets
     assert main(base + ["train", "--name", "synth-gp", "--no-progress", "--metrics-out", "m.json"]) == 0
     import json
@@ -407,6 +417,51 @@ def test_cli_train_rank_two_stages_and_checkpoint_roundtrip(registry, synth, tmp
     other = save_embeddings(registry, emb, "dataset/synth@other", "synth-x", "random", {})
     bad = sets[:-1] + [f'generator.heads=[{{"type": "genplugin", "embeddings": "{other.ref}", "lan_heads": 2}}]']
     assert main(["--registry", str(registry.root)] + bad + ["train", "--name", "bad", "--no-progress"]) != 0
+
+
+def test_variants_differing_only_in_rar_options_share_one_pre_training(registry, synth, tmp_path, monkeypatch, one_thread):
+    """GenPlugin's pre-training reads no RAR option: w/o RAR, one retrieval path, another z / v or
+    fine-tuning schedule resume the same finished pre-training (its history verbatim, timings included,
+    no epoch trained again); a pre-training option (dsa) trains its own."""
+    import json
+
+    from components.cli import main
+
+    sets, _ = _cli_inputs(registry, synth, tmp_path, monkeypatch)
+    base = ["--registry", str(registry.root)] + sets[:-2]
+
+    def train(name, head):
+        assert main(base + ["--set", f"generator.heads=[{json.dumps({'type': 'genplugin', 'lan_heads': 2, **head})}]",
+                            "train", "--name", name, "--no-progress", "--metrics-out", f"{name}.json"]) == 0
+        m = json.loads((tmp_path / f"{name}.json").read_text())
+        return m, [{k: v for k, v in h.items() if k != "stage"} for h in m["history"] if h.get("stage", "pretrain") == "pretrain"]
+
+    full, pre = train("gp", {"z": 5, "v": 3, "finetune_epochs": 1})
+    assert full["first_stage.resumed_epochs"] == 0 and len(pre) >= 1
+    for name, head in [("bm25", {"z": 4, "v": 2, "finetune_epochs": 2, "rar_paths": "bm25"}), ("norar", {"rar": False})]:
+        m, pre2 = train(name, head)
+        assert m["first_stage.run_dir"] == full["first_stage.run_dir"] and m["first_stage.resumed_epochs"] == len(pre)
+        assert pre2 == pre  # the same rows, samples/s included: read back, not trained again
+    assert [h.get("stage") for h in train("norar", {"rar": False})[0]["history"]] == [None] * len(pre)  # w/o RAR: one stage
+    m, pre3 = train("nodsa", {"dsa": False})
+    assert m["first_stage.run_dir"] != full["first_stage.run_dir"] and m["first_stage.resumed_epochs"] == 0
+    assert len(list((tmp_path / ".genrec" / "runs").glob("first-stage-*.lock"))) == 2
+
+
+def test_shared_first_stage_lock_makes_a_second_process_wait(tmp_path, capsys):
+    """Two processes on one shared pre-training: the second waits for the first's lock, then resumes."""
+    import threading
+
+    from components.generator.commands import _exclusive
+
+    events = []
+    with _exclusive(tmp_path / "first-stage-x"):
+        t = threading.Thread(target=lambda: _exclusive(tmp_path / "first-stage-x").__enter__() or events.append("entered"))
+        t.start()
+        t.join(0.5)
+        assert events == [] and t.is_alive()  # blocked while the lock is held
+    t.join(5)
+    assert events == ["entered"] and "another process is training this shared first stage" in capsys.readouterr().out
 
 
 def test_unknown_option_is_a_clear_error():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
@@ -131,6 +132,24 @@ def build_model(gp, vocab, max_items: int):
     return GenerativeRecommender.from_config({"backbone": bb, "heads": gp.heads, "max_items": max_items}, vocab)
 
 
+@contextlib.contextmanager
+def _exclusive(path: Path | None):
+    """Hold an exclusive lock on ``<path>.lock`` (``None``: no lock); says so when it has to wait."""
+    if path is None:
+        yield
+        return
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{path}.lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for {path}: another process is training this shared first stage", flush=True)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
 def train_generator(registry, gp, dataset_ref: str, codebook_ref: str | None, name: str, *, seed: int, dataset_name: str,
                     init_from: str | None = None, run_dir: str | None = None, progress: bool = True):
     """Train ``gp`` on the dataset and codebook, save ``generator/<name>`` and return ``(artifact, summary, history)``.
@@ -195,9 +214,17 @@ def train_generator(registry, gp, dataset_ref: str, codebook_ref: str | None, na
                   f"{extra['crab_align'][1] if 'crab_align' in extra else 0}")
     run_dir = run_dir or f".genrec/runs/{name}"
     fingerprint = vocab.fingerprint() + ds_art.ref + (init_from or "") + (ft.model_dump_json() if ft else "")
+    # a head with a second stage (GenPlugin's RAR): variants that differ only in that stage's options
+    # share the first stage's run directory (keyed by what it reads), so it trains once and the others
+    # resume it finished; a lock lets one process train it while another waits
+    share = any(hasattr(h, "second_stage") for h in model.heads) and tp.resume
     trainer = Trainer(model, ds, build_trie(cb.sids, cb.sizes), tp, seed=seed, eval_beam=gp.decode.beam,
-                      run_dir=run_dir, extra_losses=extra, progress=progress, fingerprint=fingerprint)
-    res = trainer.fit()
+                      run_dir=run_dir, extra_losses=extra, progress=progress, fingerprint=fingerprint, first_stage=share)
+    if share:
+        trainer.run_dir = Path(run_dir).parent / f"first-stage-{trainer.config_hash}"
+    with _exclusive(trainer.run_dir if share and not dist.enabled else None):
+        res = trainer.fit()
+    first = {"first_stage.run_dir": str(trainer.run_dir), "first_stage.resumed_epochs": res.resumed_from} if share else {}
     for h in model.heads:  # heads with a second training stage (GenPlugin: retrieval-augmented fine-tuning)
         if hasattr(h, "second_stage"):
             def make_trainer(tp2, tag, _extra=trainer.extra_losses):
@@ -213,7 +240,7 @@ def train_generator(registry, gp, dataset_ref: str, codebook_ref: str | None, na
                "train_samples_per_s": round(res.samples_per_s, 2), "train_seconds": round(res.train_seconds, 1),
                "params": n_params, "trainable_params": n_train, "seed": seed, "init_from": init_from,
                **({"finetune": ft.trainable, "alignment_beta": extra["crab_align"][1] if "crab_align" in extra else 0.0} if ft else {}),
-               **{f"valid.{k}": v for k, v in res.best_valid.items()}, **res.extra}
+               **{f"valid.{k}": v for k, v in res.best_valid.items()}, **res.extra, **first}
     if not dist.main:  # the checkpoint is rank 0's to write (every rank holds the same weights)
         return None, summary, res.history
     params = {"seed": seed, "generator": gp.model_dump(mode="json"), "max_items": max_items, "init_from": init_from}
@@ -297,7 +324,7 @@ def torchrun_command(args, tp, name: str) -> list[str]:
         if not tp.rdzv_endpoint:
             raise ValueError(f"generator.train.nnodes={tp.nnodes}: set generator.train.rdzv_endpoint=HOST:PORT (a free port on one "
                              f"of the nodes, reachable from all) and run the same command on every node")
-        cmd += ["--rdzv-backend", "c10d", "--rdzv-endpoint", tp.rdzv_endpoint, "--rdzv-id", f"genrec-train-{name}"]
+        cmd += ["--rdzv-backend", "c10d", "--rdzv-endpoint", tp.rdzv_endpoint, "--rdzv-id", f"genrec-train"]
     return cmd + ["-m", "components.cli", *_train_argv(args)]
 
 

@@ -50,8 +50,11 @@ class GenerativeRecommender(nn.Module):
         return next(self.parameters()).device
 
     # ---- config ---------------------------------------------------------------------------
-    def config_dict(self) -> dict[str, Any]:
-        return {"backbone": self.backbone.config_dict(), "heads": [h.config() for h in self.heads], "max_items": self.max_items,
+    def config_dict(self, first_stage: bool = False) -> dict[str, Any]:
+        """The config that rebuilds the model; ``first_stage``: each head's :meth:`first_stage_config`
+        instead (what a head's first training stage depends on: the identity of a shared run)."""
+        heads = [h.first_stage_config() if first_stage else h.config() for h in self.heads]
+        return {"backbone": self.backbone.config_dict(), "heads": heads, "max_items": self.max_items,
                 "vocab": {"sizes": self.vocab.sizes, "n_items": self.vocab.n_items, "fingerprint": self.vocab.fingerprint()}}
 
     @classmethod

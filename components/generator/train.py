@@ -131,7 +131,7 @@ class Trainer:
 
     def __init__(self, model: GenerativeRecommender, dataset, trie: SIDTrie, params: TrainParams, seed: int = 2024,
                  eval_beam: int = 20, run_dir: str | Path | None = None, extra_losses: dict[str, tuple[ExtraLoss, float]] | None = None,
-                 progress: bool = True, fingerprint: str = ""):
+                 progress: bool = True, fingerprint: str = "", first_stage: bool = False):
         self.model, self.dataset, self.params, self.seed = model, dataset, params, seed
         self.eval_beam = eval_beam
         self.device = resolve_device(params.device)
@@ -149,7 +149,8 @@ class Trainer:
         # The process layout is not part of the run: the same global batches give the same run.
         tp = params.model_dump(exclude={"epochs", "patience", "resume", "device", "num_threads", "max_minutes", "min_delta",
                                         "processes", "nnodes", "rdzv_endpoint"})
-        cfg = {"model": model.config_dict(), "train": tp, "seed": seed, "fingerprint": fingerprint}
+        # first_stage: the run is identified by what the heads' first stage reads (a shared pre-training)
+        cfg = {"model": model.config_dict(first_stage=first_stage), "train": tp, "seed": seed, "fingerprint": fingerprint}
         self.config_hash = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def _encode_split(self, split) -> tuple[EncodedHistory, torch.Tensor]:

@@ -142,6 +142,12 @@ class Head(nn.Module):
         """JSON config stored in a checkpoint (with ``type``) to rebuild the head."""
         return {"type": self.name}
 
+    def first_stage_config(self) -> dict[str, Any]:
+        """The part of :meth:`config` the first training stage depends on. A head with a second stage
+        (``second_stage``) leaves out the options only that stage reads, so variants that differ in
+        them share one first stage (``train_generator``)."""
+        return self.config()
+
 
 HEAD_TYPES: dict[str, type[Head]] = {}
 

@@ -134,6 +134,10 @@ class GenPluginParams(Section):
     rar_active: bool = Field(False, description="set by the fine-tuning stage: augment at inference (stored in checkpoints)")
 
 
+# options only the RAR stage (second_stage, augmentation at inference) reads
+RAR_ONLY = {"rar", "rar_paths", "z", "v", "finetune_epochs", "finetune_lr", "retrieval_index", "rar_active"}
+
+
 def _info_nce(u: torch.Tensor, v: torch.Tensor, tau: float, same: torch.Tensor | None = None) -> torch.Tensor:
     """``ℓ(u, v)``: mean over rows of ``-log softmax_j(cos(u_i, v_j)/τ)[i]``; ``same[i, j]`` True removes
     ``j ≠ i`` from the negatives (same item)."""
@@ -203,6 +207,11 @@ class GenPluginHead(Head):
 
     def config(self) -> dict[str, Any]:
         return self.p.model_dump(mode="json")
+
+    def first_stage_config(self) -> dict[str, Any]:
+        """Pre-training (DSA, SSG) reads none of the RAR options: variants that differ only in them
+        (w/o RAR, one retrieval path, z, v, the fine-tuning schedule, the index) share a pre-training."""
+        return self.p.model_dump(mode="json", exclude=RAR_ONLY)
 
     def attach(self, model: nn.Module) -> None:
         super().attach(model)
