@@ -318,3 +318,22 @@ def test_crab_variant_with_rebalance_overrides_builds_its_own_codebook(tmp_path,
                      ({"codebook": "crab", "rebalance": {"split_ratio": 2.0}}, "split_ratio")):
         with pytest.raises(Exception, match=msg):
             ExperimentParams.model_validate({"variants": {"tiger": {}, "x": bad}})
+
+
+def test_expected_time_of_a_first_run_grows_with_the_history_read(tmp_path, registry, synth):
+    """The planner's guess for a variant never run: samples x epochs / 600 per s and ranked samples /
+    100 per s at 10 history items, scaled by the items each sample reads (ML-100k's 20 cost 2.4x)."""
+    from components.experiment.runner import Experiment
+    from components.registry import Registry
+
+    params = _experiment_params(tmp_path, {"tiger": {}, "tiger-short": {"generator": {"max_items": 2}}})
+    exp = Experiment(load_params(str(params), SMOKE), Registry(registry.root), progress=False)
+    n_train, n_rank = len(synth.splits["train"]), len(synth.splits["valid"]) + len(synth.splits["test"])
+    assert synth.max_history == 4
+    for variant, items in (("tiger", 4), ("tiger-short", 2)):
+        rs = exp.spec(variant, 2024)
+        tp = rs.gp.train
+        assert tp.max_minutes == 0
+        steps = min(-(-n_train // tp.batch_size), tp.max_steps_per_epoch or n_train)
+        want = steps * tp.batch_size * tp.epochs * (items / 10) / 600 + n_rank * (items / 10) / 100
+        assert exp.expected_seconds(rs) == pytest.approx(want)

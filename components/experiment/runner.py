@@ -30,6 +30,9 @@ TOKENIZER_METHODS = ("rqkmeans", "balanced", "rqvae", "flexcode")
 # first-run guesses (a finished run's own times replace them): the cpu preset on a 2-core box
 TRAIN_SAMPLES_PER_S_GUESS = 600.0
 RANK_SAMPLES_PER_S_GUESS = 100.0
+# the guesses above hold for histories of this many items (Industrial); a sample's cost grows with
+# the items read (ML-100k's 20-item histories trained at 254 samples/s on one core, 2.4x slower)
+GUESS_HISTORY_ITEMS = 10
 
 
 class ExperimentError(ValueError):
@@ -226,21 +229,23 @@ class Experiment:
         import math
 
         tp, sizes = rs.gp.train, self._split_sizes()
+        items = min(rs.gp.max_items or sizes["max_history"], sizes["max_history"])  # history items each sample reads
+        cost = max(items, 1) / GUESS_HISTORY_ITEMS
         steps = math.ceil(sizes["train"] / tp.batch_size)
         steps = min(steps, tp.max_steps_per_epoch) if tp.max_steps_per_epoch else steps
-        train_s = steps * tp.batch_size * tp.epochs / TRAIN_SAMPLES_PER_S_GUESS
+        train_s = steps * tp.batch_size * tp.epochs * cost / TRAIN_SAMPLES_PER_S_GUESS
         if tp.max_minutes:
             train_s = min(train_s, 60.0 * tp.max_minutes)
         ms = rs.gp.decode.max_samples
         n_rank = sum(min(sizes[s], ms) if ms else sizes[s] for s in ("valid", "test"))
-        return train_s + n_rank / RANK_SAMPLES_PER_S_GUESS
+        return train_s + n_rank * cost / RANK_SAMPLES_PER_S_GUESS
 
     def _split_sizes(self) -> dict[str, int]:
         if not hasattr(self, "_sizes"):
             from components.data.dataset import Dataset
 
             ds = Dataset.from_artifact(self.registry.load(self.dataset_ref))
-            self._sizes = {s: len(ds.splits[s]) for s in ("train", "valid", "test")}
+            self._sizes = {**{s: len(ds.splits[s]) for s in ("train", "valid", "test")}, "max_history": int(ds.max_history)}
         return self._sizes
 
     def plan(self, variants: list[str], seeds: list[int]) -> list[RunSpec]:
