@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from rank_bm25 import BM25Okapi
 
 from components.registry import ArtifactIncompatible
@@ -215,6 +216,9 @@ def test_sasrec_user_vectors_on_the_collaborative_path(registry):
     hist = [3, 4, 5]
     g = normalize(sas.encode([hist]))[0]
     np.testing.assert_allclose(r.history_vector(hist), g, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # a RAR step under bf16 training: the fp32 query, not a crash
+        np.testing.assert_array_equal(r.history_vectors([hist]), g[None])
+        assert sas.encode([hist]).dtype == np.float32
     item_mean = normalize(normalize(emb)[hist].mean(0, keepdims=True))[0]  # mean of the normalised item vectors
     assert not np.allclose(r.history_vector(hist), item_mean, atol=1e-3)
     want = [u for u in np.argsort(-(r.user_vectors @ g), kind="stable") if u != 7][:5]  # exact cosine top-5 without user 7

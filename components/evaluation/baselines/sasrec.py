@@ -151,15 +151,17 @@ class SASRec(nn.Module):
     # ---- API reused by retrieval / FlexCode ----------------------------------------------------
     @torch.no_grad()
     def encode(self, histories: np.ndarray | Sequence[Sequence[int]], batch_size: int = 1024) -> np.ndarray:
-        """User vectors h_u, float32 [n, d_model] (eval mode)."""
+        """User vectors h_u, float32 [n, d_model] (eval mode, fp32 even inside a caller's autocast: a
+        GenPlugin RAR step under bf16 training asks for the same vectors the index was built with)."""
         was = self.training
         self.eval()
         seq = self.to_input(histories)
-        out = [self(seq[i : i + batch_size]) for i in range(0, seq.shape[0], batch_size)]
+        with torch.autocast(self.item_emb.weight.device.type, enabled=False):
+            out = [self(seq[i : i + batch_size]) for i in range(0, seq.shape[0], batch_size)]
         self.train(was)
         if not out:
             return np.zeros((0, self.config.d_model), dtype=np.float32)
-        return torch.cat(out).numpy().astype(np.float32)
+        return torch.cat(out).float().numpy()
 
     @torch.no_grad()
     def item_embeddings(self) -> np.ndarray:
