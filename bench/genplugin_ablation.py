@@ -1,4 +1,4 @@
-"""TIGER vs TIGER+GenPlugin and its ablations (w/o DSA, w/o SSG, w/o RAR, RAR with the BM25 or the
+"""TIGER vs TIGER+GenPlugin and its ablations (w/o DSA, w/o SSG, w/o its KL alone, w/o RAR, RAR with the BM25 or the
 collaborative retrieval path alone: ``rar_paths``) through the experiment
 code: each variant is an experiment block (``VARIANTS``) run by
 ``components.experiment.ablation.run_variants`` with the params' preset (``cpu`` by default: trained
@@ -31,6 +31,7 @@ VARIANTS = {
     "tiger-genplugin": {"generator": {"heads": [GP]}},
     "gp-no-dsa": {"generator": {"heads": [{**GP, "dsa": False}]}},
     "gp-no-ssg": {"generator": {"heads": [{**GP, "ssg": False}]}},
+    "gp-no-kl": {"generator": {"heads": [{**GP, "lambda_kl": 0.0}]}},  # SSG's substitution kept, its symmetric KL dropped
     "gp-no-rar": {"generator": {"heads": [{**GP, "rar": False}]}},
     "gp-bm25-only": {"generator": {"heads": [{**GP, "rar_paths": "bm25"}]}},  # RAR with the content path alone
     "gp-cf-only": {"generator": {"heads": [{**GP, "rar_paths": "cf"}]}},  # RAR with the collaborative path alone
