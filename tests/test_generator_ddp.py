@@ -278,6 +278,7 @@ def test_torchrun_command_keeps_the_command_line():
                             "train", "--name", "x", "--run-dir", "r d", "--no-progress"]
     cmd = torchrun_command(args, TrainParams(processes=4, nnodes=2, rdzv_endpoint="node0:29400"), "x")
     assert "--rdzv-endpoint" in cmd and "node0:29400" in cmd and "--standalone" not in cmd
+    assert cmd[cmd.index("--rdzv-id") + 1] == "genrec-train-x"  # one rendezvous per run name
     with pytest.raises(ValueError, match="rdzv_endpoint"):
         torchrun_command(args, TrainParams(nnodes=2), "x")
 

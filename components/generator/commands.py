@@ -324,7 +324,7 @@ def torchrun_command(args, tp, name: str) -> list[str]:
         if not tp.rdzv_endpoint:
             raise ValueError(f"generator.train.nnodes={tp.nnodes}: set generator.train.rdzv_endpoint=HOST:PORT (a free port on one "
                              f"of the nodes, reachable from all) and run the same command on every node")
-        cmd += ["--rdzv-backend", "c10d", "--rdzv-endpoint", tp.rdzv_endpoint, "--rdzv-id", f"genrec-train"]
+        cmd += ["--rdzv-backend", "c10d", "--rdzv-endpoint", tp.rdzv_endpoint, "--rdzv-id", f"genrec-train-{name}"]
     return cmd + ["-m", "components.cli", *_train_argv(args)]
 
 
