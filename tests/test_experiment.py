@@ -320,6 +320,27 @@ def test_crab_variant_with_rebalance_overrides_builds_its_own_codebook(tmp_path,
             ExperimentParams.model_validate({"variants": {"tiger": {}, "x": bad}})
 
 
+def test_plan_says_before_training_when_the_budget_will_cut_the_schedule(tmp_path, registry, synth, capsys):
+    """Smoke preset on synth: 2 epochs of 2 steps (batch 64) reading 4 history
+    items -> a guessed epoch of 2 * 64 * 0.4 / 600 = 0.0853 s. A budget of 0.15 s fits 1 of the 2
+    epochs: the plan warns (once per variant, naming the key); 60 s fits both, no budget never warns."""
+    from components.experiment.runner import Experiment
+    from components.registry import Registry
+
+    variants = {"tiger": {"generator": {"train": {"max_minutes": 0.15 / 60}}},
+                "tiger-roomy": {"generator": {"train": {"max_minutes": 1.0}}}, "tiger-free": {}}
+    exp = Experiment(load_params(str(_experiment_params(tmp_path, variants)), SMOKE), Registry(registry.root), overrides=SMOKE,
+                     progress=False)
+    assert -(-len(synth.splits["train"]) // 64) == 2 and synth.max_history == 4
+    assert exp._guess_epoch_seconds(exp.spec("tiger", 2024)) == pytest.approx(2 * 64 * 0.4 / 600)
+    w = exp.budget_warning(exp.spec("tiger", 2024))
+    assert w and "~1 of 2 epochs" in w and "generator.train.max_minutes=0" in w
+    assert exp.budget_warning(exp.spec("tiger-roomy", 2024)) is None and exp.budget_warning(exp.spec("tiger-free", 2024)) is None
+    exp.run(["tiger", "tiger-roomy", "tiger-free"], [2024, 2025], dry_run=True)
+    out = capsys.readouterr().out
+    assert out.count("warning: tiger: train.max_minutes") == 1 and "tiger-roomy:" not in out
+
+
 def test_expected_time_of_a_first_run_grows_with_the_history_read(tmp_path, registry, synth):
     """The planner's guess for a variant never run: samples x epochs / 600 per s and ranked samples /
     100 per s at 10 history items, scaled by the items each sample reads (ML-100k's 20 cost 2.4x)."""

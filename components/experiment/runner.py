@@ -226,19 +226,42 @@ class Experiment:
                 return float(art.meta["run_seconds"])
         if rs.spec.kind == "baseline":
             return 5.0 if rs.spec.method == "popular" else 60.0 * self.params.evaluation.baselines.sasrec.max_minutes + 30.0
-        import math
 
         tp, sizes = rs.gp.train, self._split_sizes()
-        items = min(rs.gp.max_items or sizes["max_history"], sizes["max_history"])  # history items each sample reads
-        cost = max(items, 1) / GUESS_HISTORY_ITEMS
-        steps = math.ceil(sizes["train"] / tp.batch_size)
-        steps = min(steps, tp.max_steps_per_epoch) if tp.max_steps_per_epoch else steps
-        train_s = steps * tp.batch_size * tp.epochs * cost / TRAIN_SAMPLES_PER_S_GUESS
+        train_s = tp.epochs * self._guess_epoch_seconds(rs)
         if tp.max_minutes:
             train_s = min(train_s, 60.0 * tp.max_minutes)
         ms = rs.gp.decode.max_samples
         n_rank = sum(min(sizes[s], ms) if ms else sizes[s] for s in ("valid", "test"))
-        return train_s + n_rank * cost / RANK_SAMPLES_PER_S_GUESS
+        return train_s + n_rank * self._history_cost(rs) / RANK_SAMPLES_PER_S_GUESS
+
+    def _history_cost(self, rs: RunSpec) -> float:
+        sizes = self._split_sizes()
+        items = min(rs.gp.max_items or sizes["max_history"], sizes["max_history"])  # history items each sample reads
+        return max(items, 1) / GUESS_HISTORY_ITEMS
+
+    def _guess_epoch_seconds(self, rs: RunSpec) -> float:
+        """First-run guess of one training epoch's wall time (the cpu preset on one core of a 2-core box)."""
+        import math
+
+        tp = rs.gp.train
+        steps = math.ceil(self._split_sizes()["train"] / tp.batch_size)
+        steps = min(steps, tp.max_steps_per_epoch) if tp.max_steps_per_epoch else steps
+        return steps * tp.batch_size * self._history_cost(rs) / TRAIN_SAMPLES_PER_S_GUESS
+
+    def budget_warning(self, rs: RunSpec) -> str | None:
+        """Say before training when the wall-clock budget (``train.max_minutes``) is expected to stop a
+        generator run before its schedule ends (the cosine schedule then never anneals: an unconverged
+        model, e.g. ML-100k under the cpu preset's 9.5 minutes); None when it fits or has no budget."""
+        if rs.spec.kind == "baseline" or not rs.gp.train.max_minutes:
+            return None
+        tp = rs.gp.train
+        fit = int(60.0 * tp.max_minutes // self._guess_epoch_seconds(rs))
+        if fit >= tp.epochs:
+            return None
+        return (f"{rs.variant}: train.max_minutes={tp.max_minutes:g} is expected to stop it after ~{fit} of {tp.epochs} epochs "
+                f"(first-run guess: one core, {self._guess_epoch_seconds(rs) / 60:.1f} min per epoch), before its learning-rate "
+                f"schedule ends; for a converged model set generator.train.max_minutes=0")
 
     def _split_sizes(self) -> dict[str, int]:
         if not hasattr(self, "_sizes"):
@@ -284,6 +307,9 @@ class Experiment:
         for rs in plan:
             state = "done" if rs not in todo else f"~{self.expected_seconds(rs) / 60:.1f} min"
             print(f"  {rs.variant:<22} seed {rs.seed:<6} -> {rs.name:<40} {state}")
+        for w in dict.fromkeys(w for w in map(self.budget_warning, todo) if w):  # once per variant
+            print(f"  warning: {w}")
+            log.warning(w)
         if dry_run:
             return []
         out, t_all = [], time.perf_counter()
