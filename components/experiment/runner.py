@@ -222,8 +222,9 @@ class Experiment:
                 art = self.registry.load(f"rankings/{name}@latest", verify=False)
             except ArtifactNotFound:
                 continue
-            if art.meta.get("run_seconds"):
-                return float(art.meta["run_seconds"])
+            if art.meta.get("run_seconds"):  # a run resumed from an earlier call trained partly before it
+                m = art.meta
+                return max(float(m["run_seconds"]), float(m.get("train_seconds") or 0) + float(m.get("rank_seconds") or 0))
         if rs.spec.kind == "baseline":
             return 5.0 if rs.spec.method == "popular" else 60.0 * self.params.evaluation.baselines.sasrec.max_minutes + 30.0
 
@@ -309,7 +310,6 @@ class Experiment:
             print(f"  {rs.variant:<22} seed {rs.seed:<6} -> {rs.name:<40} {state}")
         for w in dict.fromkeys(w for w in map(self.budget_warning, todo) if w):  # once per variant
             print(f"  warning: {w}")
-            log.warning(w)
         if dry_run:
             return []
         out, t_all = [], time.perf_counter()
