@@ -361,8 +361,8 @@ def test_expected_time_of_a_first_run_grows_with_the_history_read(tmp_path, regi
 
 
 def test_expected_time_of_a_resumed_run_counts_its_earlier_training(tmp_path, registry, synth):
-    """A run interrupted and resumed: its rankings say this call took 13 s (rank only) but training took
-    1,623 s in earlier calls; the next plan expects 1,623 + 12 s, not 13 s."""
+    """A run interrupted and resumed: its rankings say this call took 13 s (rank only) but training and
+    validation took 1,623 s over every call (``wall_seconds``); the next plan expects 1,623 + 12 s."""
     from components.experiment.runner import Experiment
     from components.registry import Registry
 
@@ -370,11 +370,11 @@ def test_expected_time_of_a_resumed_run_counts_its_earlier_training(tmp_path, re
                      progress=False)
     rs = exp.spec("tiger", 2024)
     with registry.create("rankings", rs.name) as w:
-        w.meta.update({"run_seconds": 13.0, "train_seconds": 1623.0, "rank_seconds": 12.0})
+        w.meta.update({"run_seconds": 13.0, "train_seconds": 0.0, "wall_seconds": 1623.0, "rank_seconds": 12.0})
         w.write_json("x.json", {})
     assert exp.expected_seconds(rs) == pytest.approx(1635.0)
     rs = exp.spec("tiger-b", 2024)
     with registry.create("rankings", rs.name) as w:  # an uninterrupted run: its own wall time
-        w.meta.update({"run_seconds": 700.0, "train_seconds": 600.0, "rank_seconds": 90.0})
+        w.meta.update({"run_seconds": 700.0, "train_seconds": 560.0, "wall_seconds": 600.0, "rank_seconds": 90.0})
         w.write_json("x.json", {})
     assert exp.expected_seconds(rs) == pytest.approx(700.0)

@@ -115,6 +115,23 @@ def test_wall_clock_budget_stops_before_an_epoch_that_would_pass_it(tmp_path, mo
     assert res.epochs_run == 6 and not res.extra["budget_hit"]
 
 
+def test_a_resumed_run_reports_the_time_of_every_call(tmp_path, monkeypatch):
+    """Interrupted after 3 of 6 epochs and resumed: the second call's train/wall seconds cover both
+    calls (they were this call's only: a 27-minute run read "train s 0.0" in the report)."""
+    import components.generator.train as train_mod
+
+    clock = {"t": 0.0}
+    monkeypatch.setattr(train_mod.time, "perf_counter", lambda: clock.__setitem__("t", clock["t"] + 1.0) or clock["t"])
+    whole = _trainer(tmp_path, run_dir=tmp_path / "whole", patience=10).fit()
+    clock["t"] = 0.0
+    first = _trainer(tmp_path, run_dir=tmp_path / "split", patience=10).fit(stop_after=3)
+    rest = _trainer(tmp_path, run_dir=tmp_path / "split", patience=10).fit()
+    assert rest.resumed_from == 3 and 0 < first.train_seconds < rest.train_seconds
+    # every clock read is one "second": the two calls together read it as often as the whole run
+    assert rest.train_seconds == pytest.approx(whole.train_seconds)
+    assert rest.extra["wall_seconds"] >= first.extra["wall_seconds"] + (rest.train_seconds - first.train_seconds)
+
+
 def test_min_delta_counts_small_gains_as_no_improvement(tmp_path):
     # a gain of at most 1.0 in NDCG@10 is impossible: after the first validation nothing counts, so
     # patience 2 stops at epoch 3

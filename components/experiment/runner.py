@@ -224,7 +224,7 @@ class Experiment:
                 continue
             if art.meta.get("run_seconds"):  # a run resumed from an earlier call trained partly before it
                 m = art.meta
-                return max(float(m["run_seconds"]), float(m.get("train_seconds") or 0) + float(m.get("rank_seconds") or 0))
+                return max(float(m["run_seconds"]), float(m.get("wall_seconds") or 0) + float(m.get("rank_seconds") or 0))
         if rs.spec.kind == "baseline":
             return 5.0 if rs.spec.method == "popular" else 60.0 * self.params.evaluation.baselines.sasrec.max_minutes + 30.0
 

@@ -76,7 +76,7 @@ class TrainResult:
     epochs_run: int
     stopped_early: bool
     samples_per_s: float
-    train_seconds: float
+    train_seconds: float  # training steps only (no validation), over every call of a resumed run
     resumed_from: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -194,11 +194,11 @@ class Trainer:
         best_epoch, bad, start_epoch = -1, 0, 0
         best_state = state_dict_for_save(model)
         start_epoch = self._maybe_resume(model, opt, sched)
-        wall_before = 0.0  # wall seconds earlier calls spent on this run (the budget covers the whole run)
+        wall_before = train_before = 0.0  # seconds earlier calls spent on this run (the budget covers the whole run)
         if start_epoch:
             st = json.loads((self.run_dir / "state.json").read_text())
             history, best, best_epoch, bad = st["history"], st["best"], st["best_epoch"], st["bad"]
-            wall_before = float(st.get("wall_used", 0.0))
+            wall_before, train_before = float(st.get("wall_used", 0.0)), float(st.get("train_used", 0.0))
             from safetensors.torch import load_file
 
             best_state = load_file(str(self.run_dir / "best.safetensors"))
@@ -295,7 +295,7 @@ class Trainer:
                     best_state = state_dict_for_save(model)
             history.append(row)
             self._save_run(model, opt, epoch + 1, history, best, best_epoch, bad, best_state,
-                           wall_used=wall_before + time.perf_counter() - t_wall)
+                           wall_used=wall_before + time.perf_counter() - t_wall, train_used=train_before + t_train)
             if bad >= p.patience:
                 stopped = True
                 break
@@ -307,7 +307,7 @@ class Trainer:
                 break
         return TrainResult(best_state=best_state, history=history, best_epoch=best_epoch, best_valid=best,
                            epochs_run=len(history), stopped_early=stopped,
-                           samples_per_s=(n_seen / t_train) if t_train > 0 else float(np.mean([h["samples_per_s"] for h in history] or [0.0])), train_seconds=t_train, resumed_from=start_epoch,
+                           samples_per_s=(n_seen / t_train) if t_train > 0 else float(np.mean([h["samples_per_s"] for h in history] or [0.0])), train_seconds=train_before + t_train, resumed_from=start_epoch,
                            extra={"valid_samples": int(len(vidx)), "steps_per_epoch": steps_per_epoch, "device": str(self.device),
                                   "bf16": bf16, "threads": torch.get_num_threads(), "budget_hit": budget_hit,
                                   "wall_seconds": round(wall_before + time.perf_counter() - t_wall, 1),
@@ -359,7 +359,8 @@ class Trainer:
         return {("rng.torch" if r == 0 else f"rng.torch.rank{r}"): t.cpu() for r, t in enumerate(parts)}
 
     # ---- resumable run directory ----------------------------------------------------------
-    def _save_run(self, model, opt, epoch, history, best, best_epoch, bad, best_state, wall_used: float = 0.0) -> None:
+    def _save_run(self, model, opt, epoch, history, best, best_epoch, bad, best_state, wall_used: float = 0.0,
+                  train_used: float = 0.0) -> None:
         if self.run_dir is None:
             return
         rng = self._rng_states()  # a collective with several processes: every rank gets here
@@ -374,7 +375,7 @@ class Trainer:
         save_file(best_state, str(self.run_dir / "best.safetensors"))
         save_file(tensors, str(self.run_dir / "optimizer.safetensors"))
         state = {"config_hash": self.config_hash, "epoch": epoch, "history": history, "best": best, "best_epoch": best_epoch,
-                 "bad": bad, "param_groups": groups, "wall_used": wall_used}
+                 "bad": bad, "param_groups": groups, "wall_used": wall_used, "train_used": train_used}
         tmp = self.run_dir / "state.json.tmp"
         tmp.write_text(json.dumps(state, default=float))
         tmp.replace(self.run_dir / "state.json")
