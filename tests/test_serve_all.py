@@ -116,6 +116,12 @@ def test_serve_all_add_items_recommend_restart(stack_root):
     try:
         items = _recommend_all(addr["generator"], ["new-gloves"])
         assert {"new-drill", "new-gloves"} <= set(items)
+        proc.kill()  # the parent dies without stopping them: each service sees it and stops (no orphans)
+        proc.communicate(timeout=30)
+        deadline = time.time() + 30
+        while time.time() < deadline and not all(_down(a) for a in addr.values()):
+            time.sleep(0.5)
+        assert all(_down(a) for a in addr.values())
     finally:
         if proc.poll() is None:
             _stop(proc)

@@ -111,6 +111,9 @@ def cmd_serve(args, ctx) -> int:
         from components.serving.stack import run_stack
 
         return run_stack(args, ctx)
+    from components.serving.stack import watch_parent
+
+    watch_parent()
     args.host = args.host or "127.0.0.1"
     security = Security.resolve(ctx.params.serving, allow_insecure=True if getattr(args, "insecure", False) else None)
     security.check_server(args.host)  # refuse before loading any artifact

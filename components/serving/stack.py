@@ -63,17 +63,24 @@ def _free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
-def _child_setup() -> None:
-    """In the child before exec: its own session (a Ctrl-C reaches only this parent, which stops the
-    services in order) and, on Linux, SIGTERM when this parent dies (no orphaned services)."""
-    os.setsid()
-    if sys.platform.startswith("linux"):
-        import ctypes
+PARENT_ENV = "GENREC_STACK_PARENT"  # a service started by serve all stops when this pid is no longer its parent
 
-        try:
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        except OSError:
-            pass
+
+def watch_parent() -> None:
+    """In a service that ``serve all`` started: SIGTERM itself when that parent dies (no orphaned
+    services). A polling thread, not PR_SET_PDEATHSIG: that needs a preexec_fn, which makes Popen fork()
+    through gRPC's fork handlers in a parent with live gRPC channels, and that fork hung the stack's start."""
+    want = os.environ.get(PARENT_ENV)
+    if not want:
+        return
+    import threading
+
+    def poll() -> None:
+        while os.getppid() == int(want):
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=poll, name="genrec-parent-watch", daemon=True).start()
 
 
 @dataclass
@@ -171,7 +178,8 @@ def run_stack(args: Any, ctx: Any) -> int:
             if args.insecure:
                 cmd.append("--insecure")
             print(f"serve all: starting {svc} on {addr[svc]}" + (f" ({refs[svc]})" if svc in refs else ""), flush=True)
-            proc = subprocess.Popen(cmd, env={**os.environ}, preexec_fn=_child_setup)
+            # own session: a Ctrl-C reaches only this parent, which stops the services in order
+            proc = subprocess.Popen(cmd, env={**os.environ, PARENT_ENV: str(os.getpid())}, start_new_session=True)
             children.append(Child(svc, addr[svc], proc))
             wait_healthy(addr[svc], svc, security, proc, args.timeout)
             if stopping["signal"]:
