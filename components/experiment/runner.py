@@ -256,12 +256,12 @@ class Experiment:
         model, e.g. ML-100k under the cpu preset's 9.5 minutes); None when it fits or has no budget."""
         if rs.spec.kind == "baseline" or not rs.gp.train.max_minutes:
             return None
-        tp = rs.gp.train
-        fit = int(60.0 * tp.max_minutes // self._guess_epoch_seconds(rs))
+        tp, epoch_s = rs.gp.train, self._guess_epoch_seconds(rs)
+        fit = int(60.0 * tp.max_minutes // epoch_s)
         if fit >= tp.epochs:
             return None
         return (f"{rs.variant}: train.max_minutes={tp.max_minutes:g} is expected to stop it after ~{fit} of {tp.epochs} epochs "
-                f"(first-run guess: one core, {self._guess_epoch_seconds(rs) / 60:.1f} min per epoch), before its learning-rate "
+                f"(first-run guess: one core, {epoch_s / 60:.1f} min per epoch), before its learning-rate "
                 f"schedule ends; for a converged model set generator.train.max_minutes=0")
 
     def _split_sizes(self) -> dict[str, int]:
