@@ -88,7 +88,7 @@ def test_seed_list_and_names():
 def test_repo_params_variants_are_valid():
     ep = load_params("params.yaml").experiment
     assert isinstance(ep, ExperimentParams)
-    assert {"tiger", "tiger-crab", "tiger-rw", "tiger-care", "tiger-genplugin", "tiger-flexcode", "decoder-lm", "stacked",
+    assert {"tiger", "tiger-crab", "tiger-rw", "tiger-care", "tiger-genplugin", "tiger-flexcode", "tiger-rqkmeans", "decoder-lm", "stacked",
             "popular", "sasrec", "sasrec-rr", "sasrec-rw"} <= set(ep.variants)
     assert ep.variants["tiger-crab"].init_from == "tiger" and ep.variants["tiger-crab"].codebook == "crab"
 
