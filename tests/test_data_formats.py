@@ -398,3 +398,14 @@ def test_amazon2023_bad_rows(tmp_path):
     with pytest.raises(DataError, match=r"meta_Tools\.jsonl:7: expected a JSON object"):
         load_amazon2023(d)
     assert [(e.kind, e.line) for e in validate(_amazon23(tmp_path / "e", extra_reviews=[{"user_id": "U1"}])).errors] == [("malformed", 38)]
+
+
+@pytest.mark.parametrize("engine", ["python", "polars"])
+def test_amazon2023_bad_split_ratio(tmp_path, engine):
+    """As amazon2018: a split_ratio that does not sum to 1 is refused, naming the key, before any file is read."""
+    from components.data import load_amazon2023
+
+    with pytest.raises(DataError, match=r"split_ratio \(0\.5, 0\.5, 0\.5\) must be non-negative and sum to 1"):
+        load_amazon2023(_amazon23(tmp_path / "a"), split_ratio=(0.5, 0.5, 0.5), engine=engine)
+    with pytest.raises(DataError, match="split_ratio"):
+        load_amazon2023(tmp_path / "a", split_ratio=(1.2, -0.1, -0.1), engine=engine)

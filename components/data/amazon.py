@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Iterator
 
 from components.data import columnar
-from components.data.dataset import DataError, Dataset, Split
+from components.data.dataset import DataError, Dataset, build_samples
 
 TAG_RE = re.compile(r"<[^>]+>")
 
@@ -168,24 +168,32 @@ def load_amazon2018(
 ) -> Dataset:
     """``engine``: ``"polars"`` streams the reviews in blocks into columns (no Python object per
     review; see :mod:`components.data.columnar`), ``"python"`` is the reference implementation
-    below; ``"auto"`` (default) = polars when installed (``GENREC_DATA_ENGINE`` overrides). Both
-    give identical datasets."""
+    (:func:`reference_sequences`); ``"auto"`` (default) = polars when installed (``GENREC_DATA_ENGINE``
+    overrides). Both give identical datasets."""
+    return load_amazon(directory, "amazon2018", AMAZON2018, _find_files, read_meta, name, max_history, k, start_time, end_time,
+                       max_title_chars, split_ratio, engine)
+
+
+def load_amazon(directory, fmt: str, review_format: columnar.ReviewFormat, find_files, read_meta_fn, name, max_history: int, k: int,
+                start_time, end_time, max_title_chars: int, split_ratio, engine: str) -> Dataset:
+    """Steps 1-6 of the module docstring, shared by the 2018 and 2023 loaders, which differ only in
+    ``find_files`` (directory -> reviews, meta paths), ``read_meta_fn`` and the review keys."""
     d = Path(directory)
     if not d.is_dir():
         raise DataError(f"{d}: not a directory")
     if abs(sum(split_ratio) - 1.0) > 1e-6 or min(split_ratio) < 0:
         raise DataError(f"split_ratio {split_ratio} must be non-negative and sum to 1")
     engine = columnar.resolve_engine(engine)
-    reviews_path, meta_path = _find_files(d)
+    reviews_path, meta_path = find_files(d)
     t0, t1 = parse_date(start_time), parse_date(end_time)
-    meta = read_meta(meta_path, max_title_chars)
-    source = {"format": "amazon2018", "path": str(d), "k_core": k, "start_time": start_time, "end_time": end_time}
-    name = name or reviews_path.name.split(".")[0]
+    meta = read_meta_fn(meta_path, max_title_chars)
+    source = {"format": fmt, "path": str(d), "k_core": k, "start_time": start_time, "end_time": end_time}
     if engine == "polars":
-        built = columnar.build(columnar.read_reviews(reviews_path, AMAZON2018, set(meta), t0, t1), k, max_history, split_ratio, d)
+        built = columnar.build(columnar.read_reviews(reviews_path, review_format, set(meta), t0, t1), k, max_history, split_ratio, d)
     else:
-        built = _build_python(reviews_path, meta, t0, t1, k, max_history, split_ratio, d)
-    return amazon_dataset(name, meta, built, max_history, source)
+        item_ids, user_ids, sequences, times = reference_sequences(reviews_path, review_format.key, review_format.need, meta, t0, t1, k, d)
+        built = (item_ids, user_ids, sequences, build_samples(sequences, times, max_history, "time", split_ratio))
+    return amazon_dataset(name or reviews_path.name.split(".")[0], meta, built, max_history, source)
 
 
 def reference_sequences(reviews_path: Path, key_fn, need: str, meta: dict, t0, t1, k: int, d: Path):
@@ -221,21 +229,3 @@ def amazon_dataset(name: str, meta: dict, built: tuple, max_history: int, source
     item_ids, user_ids, sequences, splits = built
     return Dataset(name=name, item_ids=item_ids, item_text=[meta[i] for i in item_ids], user_ids=user_ids, sequences=sequences,
                    splits=splits, max_history=max_history, text_fields=["title", "description", "brand", "categories"], source=source)
-
-
-def _build_python(reviews_path: Path, meta: dict, t0, t1, k: int, max_history: int, split_ratio, d: Path):
-    """The reference k-core, windows and chronological split."""
-    item_ids, user_ids, sequences, times = reference_sequences(reviews_path, review_key_2018, REVIEW_FIELDS_2018, meta, t0, t1, k, d)
-    samples = [(times[u][pos], u, pos) for u in range(len(user_ids)) for pos in range(1, len(sequences[u]))]
-    samples.sort(key=lambda s: s[0])  # stable: ties keep user order
-    n = len(samples)
-    n_train = int(round(n * split_ratio[0]))
-    n_valid = int(round(n * split_ratio[1]))
-    parts = {"train": samples[:n_train], "valid": samples[n_train : n_train + n_valid], "test": samples[n_train + n_valid :]}
-    splits = {}
-    for s, part in parts.items():
-        users = [u for _, u, _ in part]
-        hist = [sequences[u][max(0, pos - max_history) : pos] for _, u, pos in part]
-        targets = [sequences[u][pos] for _, u, pos in part]
-        splits[s] = Split.from_lists(users, hist, targets, max_history)
-    return item_ids, user_ids, sequences, splits

@@ -19,10 +19,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from components.data import columnar
-from components.data.amazon import amazon_dataset, parse_date, reference_sequences
+from components.data.amazon import load_amazon
 from components.data.amazon import read_meta as read_meta_2018
 from components.data.dataset import DataError, Dataset
-from components.data.table import build_samples
 
 
 def find_files(d: Path) -> tuple[Path, Path]:
@@ -62,17 +61,5 @@ def load_amazon2023(
     split_ratio: tuple[float, float, float] = (0.8, 0.1, 0.1),
     engine: str = "auto",
 ) -> Dataset:
-    d = Path(directory)
-    if not d.is_dir():
-        raise DataError(f"{d}: not a directory")
-    engine = columnar.resolve_engine(engine)
-    reviews_path, meta_path = find_files(d)
-    t0, t1 = parse_date(start_time), parse_date(end_time)
-    meta = read_meta(meta_path, max_title_chars)
-    source = {"format": "amazon2023", "path": str(d), "k_core": k, "start_time": start_time, "end_time": end_time}
-    if engine == "polars":
-        built = columnar.build(columnar.read_reviews(reviews_path, AMAZON2023, set(meta), t0, t1), k, max_history, split_ratio, d)
-    else:
-        item_ids, user_ids, sequences, times = reference_sequences(reviews_path, review_key, REVIEW_FIELDS, meta, t0, t1, k, d)
-        built = (item_ids, user_ids, sequences, build_samples(sequences, times, max_history, "time", split_ratio))
-    return amazon_dataset(name or reviews_path.name.split(".")[0], meta, built, max_history, source)
+    return load_amazon(directory, "amazon2023", AMAZON2023, find_files, read_meta, name, max_history, k, start_time, end_time,
+                       max_title_chars, split_ratio, engine)

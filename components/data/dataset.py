@@ -199,3 +199,37 @@ class Dataset:
     @classmethod
     def load(cls, ref: str, registry: Registry | None = None) -> "Dataset":
         return cls.from_artifact((registry or Registry()).load(ref))
+
+
+def build_samples(sequences: list[list[int]], times: list[list[float]], max_history: int, split: str, split_ratio) -> dict[str, Split]:
+    """One sample per position >= 1 of each user's sequence (history = up to ``max_history`` previous
+    items), split ``leave-one-out`` (last target -> test, second last -> valid) or ``time`` (all samples
+    sorted by target time, stable, cut by ``split_ratio``). Shared by the table and Amazon loaders."""
+    samples: dict[str, tuple[list, list, list]] = {s: ([], [], []) for s in ("train", "valid", "test")}
+
+    def add(s: str, u: int, pos: int) -> None:
+        seq = sequences[u]
+        samples[s][0].append(u)
+        samples[s][1].append(seq[max(0, pos - max_history) : pos])
+        samples[s][2].append(seq[pos])
+
+    if split == "leave-one-out":
+        for u, seq in enumerate(sequences):
+            n = len(seq)
+            if n >= 2:
+                add("test", u, n - 1)
+            if n >= 3:
+                add("valid", u, n - 2)
+            for pos in range(1, n - 2):
+                add("train", u, pos)
+    elif split == "time":
+        if abs(sum(split_ratio) - 1.0) > 1e-6 or min(split_ratio) < 0:
+            raise DataError(f"split_ratio {split_ratio} must be non-negative and sum to 1")
+        order = sorted(((times[u][pos], u, pos) for u in range(len(sequences)) for pos in range(1, len(sequences[u]))), key=lambda s: s[0])
+        n = len(order)
+        n_train, n_valid = int(round(n * split_ratio[0])), int(round(n * split_ratio[1]))
+        for k, (_, u, pos) in enumerate(order):
+            add("train" if k < n_train else "valid" if k < n_train + n_valid else "test", u, pos)
+    else:
+        raise DataError(f"unknown split {split!r} (leave-one-out | time)")
+    return {s: Split.from_lists(*v, max_history=max_history) for s, v in samples.items()}
