@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from components.data.dataset import DataError, Dataset, Split
+from components.data.dataset import DataError, Dataset, build_samples
 
 FIELD_ALIASES = {
     "movie_title": "title",
@@ -114,22 +114,7 @@ def load_recbole(directory: str | Path, name: str | None = None, max_history: in
     user_ids = list(per_user)
     sequences = [[it for _, _, it in sorted(per_user[u])] for u in user_ids]
 
-    samples: dict[str, tuple[list, list, list]] = {s: ([], [], []) for s in ("train", "valid", "test")}
-
-    def add(split: str, u: int, seq: list[int], pos: int) -> None:
-        samples[split][0].append(u)
-        samples[split][1].append(seq[max(0, pos - max_history) : pos])
-        samples[split][2].append(seq[pos])
-
-    for u, seq in enumerate(sequences):
-        n = len(seq)
-        if n >= 2:
-            add("test", u, seq, n - 1)
-        if n >= 3:
-            add("valid", u, seq, n - 2)
-        for pos in range(1, n - 2):
-            add("train", u, seq, pos)
-    splits = {s: Split.from_lists(*v, max_history=max_history) for s, v in samples.items()}
+    splits = build_samples(sequences, [], max_history, "leave-one-out", None)
     return Dataset(
         name=name or stem,
         item_ids=item_ids,
