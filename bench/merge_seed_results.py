@@ -34,9 +34,13 @@ class MergeError(ValueError):
     pass
 
 
-def merge(reports: Sequence[tuple[str, dict[str, Any]]], tol: float = 1e-9) -> tuple[dict[str, dict[str, dict[str, float]]], list[dict[str, Any]]]:
+def merge(reports: Sequence[tuple[str, dict[str, Any]]], tol: float = 1e-9, tags: Sequence[str] | None = None
+          ) -> tuple[dict[str, dict[str, dict[str, float]]], list[dict[str, Any]]]:
     """``(per_seed, reproduced)``: the union of the reports' ``per_seed``; ``reproduced`` lists each
-    variant x seed found in more than one report with the largest metric difference seen."""
+    variant x seed found in more than one report with the largest metric difference seen. ``tags[i]``
+    is appended to every variant label of report ``i`` (keeps runs of different machines apart)."""
+    if tags is not None and len(tags) != len(reports):
+        raise MergeError(f"{len(tags)} tags for {len(reports)} reports")
     if not reports:
         raise MergeError("no report to merge")
     first_name, first = reports[0]
@@ -49,8 +53,9 @@ def merge(reports: Sequence[tuple[str, dict[str, Any]]], tol: float = 1e-9) -> t
     per_seed: dict[str, dict[str, dict[str, float]]] = {}
     source: dict[tuple[str, str], str] = {}
     reproduced = []
-    for name, r in reports:
-        for variant, seeds in r["per_seed"].items():
+    for i, (name, r) in enumerate(reports):
+        for label, seeds in r["per_seed"].items():
+            variant = label + (tags[i] if tags else "")
             for seed, metrics in seeds.items():
                 have = per_seed.setdefault(variant, {}).get(seed)
                 if have is None:
@@ -100,11 +105,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--reference", required=True, help="variant label the change table compares with")
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--tol", type=float, default=1e-9, help="largest metric difference accepted for a variant x seed in two reports")
+    ap.add_argument("--tags", nargs="+", default=None,
+                    help="one suffix per report appended to its variant labels ('' = none): runs of different machines stay apart")
     ap.add_argument("--out", default=None, help="write OUT.json and OUT.md (default: print the markdown)")
     args = ap.parse_args(argv)
     try:
         reports = [(p, json.loads(Path(p).read_text())) for p in args.reports]
-        per_seed, reproduced = merge(reports, args.tol)
+        per_seed, reproduced = merge(reports, args.tol, args.tags)
         summary = summarize(per_seed, args.columns, args.reference, args.k)
     except (OSError, json.JSONDecodeError, MergeError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -117,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         first = reports[0][1]
-        payload = {**{k: first.get(k) for k in PROTOCOL_KEYS}, "inputs": [p for p, _ in reports], "reference": args.reference,
+        payload = {**{k: first.get(k) for k in PROTOCOL_KEYS}, "inputs": [p for p, _ in reports], "tags": args.tags, "reference": args.reference,
                    "methods": {c: {m: s["mean"] for m, s in summary["agg"][c].items()} for c in args.columns},
                    "std": {c: {m: s["std"] for m, s in summary["agg"][c].items()} for c in args.columns},
                    "n_seeds": {c: len(per_seed[c]) for c in args.columns},

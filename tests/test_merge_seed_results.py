@@ -57,3 +57,11 @@ def test_cli_writes_json_and_markdown(tmp_path, capsys):
     pb.write_text("{not json")
     assert main([str(pa), str(pb), "--columns", "a", "--reference", "a"]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_tags_keep_runs_of_different_machines_apart():
+    other = _report({"a": {"1": {"HR@10": 0.15, "DGU@10": 0.5}}})
+    per_seed, reproduced = merge([("A", A), ("C", other)], tags=["", "@box2"])
+    assert sorted(per_seed) == ["a", "a@box2"] and per_seed["a@box2"]["1"]["HR@10"] == 0.15 and reproduced == []
+    with pytest.raises(MergeError, match="1 tags for 2 reports"):
+        merge([("A", A), ("C", other)], tags=["x"])
