@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from components.experiment.aggregate import CHANGE_METRICS, aggregate, change_vs, fmt_change, fmt_mean_std  # noqa: E402
+from components.registry.store import atomic_write_text  # noqa: E402
 
 PROTOCOL_KEYS = ("dataset", "split", "ranking")
 TABLE_METRICS = ("HR@5", "NDCG@5", "HR@10", "NDCG@10", "DGU@10", "MGU@10", "DivR@10", "ORR@10", "HR_head@10", "HR_tail@10",
@@ -129,8 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "std": {c: {m: s["std"] for m, s in summary["agg"][c].items()} for c in args.columns},
                    "n_seeds": {c: len(per_seed[c]) for c in args.columns},
                    "per_seed": {c: per_seed[c] for c in args.columns}, "change_vs": summary["change_vs"], "reproduced": reproduced}
-        out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
-        out.with_suffix(".md").write_text(md)
+        atomic_write_text(out.with_suffix(".json"), json.dumps(payload, indent=2) + "\n")
+        atomic_write_text(out.with_suffix(".md"), md)
     print(md)
     return 0
 
