@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from components.generator.decoding import SIDTrie, constrained_beam_search
+from components.generator.vocab import BOS
 from tests.generator_helpers import ProbeHead, exhaustive_topk, naive_beam_search, random_sids, tiny_model
 
 torch.set_num_threads(1)
@@ -125,3 +126,42 @@ def test_cuda_beam_equals_cpu(kind):
     gpu = constrained_beam_search(model, model.encode_history(HISTORIES), trie.to("cuda"), beam=8, k=8)
     assert torch.equal(cpu.items, gpu.items.cpu())
     assert torch.allclose(cpu.scores, gpu.scores.cpu(), atol=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["tiger", "decoder_lm"])
+def test_cached_decoding_uses_the_installed_transformers_cache_api(kind):
+    """The KV cache goes through under the name the installed transformers uses (``cache`` since 5.2x;
+    ``past_key_values`` warns there and is removed in 5.40), and the cache is really kept between steps."""
+    import warnings
+
+    sids = random_sids(SIZES, 25)
+    model = tiny_model(kind, sids, SIZES)
+    hist = model.encode_history(HISTORIES)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        constrained_beam_search(model, hist, SIDTrie(sids, SIZES), beam=4, k=3)
+    assert not [w for w in caught if "past_key_values" in str(w.message)], [str(w.message) for w in caught]
+    ctx = model.backbone.encode(model.backbone.make_context(hist))
+    first = model.backbone.embed(torch.full((len(HISTORIES), 1), BOS, dtype=torch.long))
+    _h, state = model.backbone.decode(ctx, first, None, {"use_cache": True})
+    assert state["cache"] is not None and state["cache"].get_seq_length() >= 1
+
+
+def test_run_with_cache_speaks_the_old_keyword_too():
+    """Before transformers renamed it, the keyword and the output field were ``past_key_values``."""
+    from dataclasses import dataclass
+
+    from components.generator.backbones.base import run_with_cache
+
+    @dataclass
+    class OldOutput:
+        last_hidden_state: torch.Tensor
+        past_key_values: object = None
+
+    class OldStack(torch.nn.Module):
+        def forward(self, inputs_embeds=None, past_key_values=None, use_cache=None):
+            return OldOutput(inputs_embeds * 2, ("kv", past_key_values) if use_cache else None)
+
+    out, cache = run_with_cache(OldStack(), "c0", True, inputs_embeds=torch.ones(1))
+    assert cache == ("kv", "c0") and float(out.last_hidden_state) == 2.0
+    assert run_with_cache(OldStack(), "c0", False, inputs_embeds=torch.ones(1))[1] is None

@@ -3,6 +3,9 @@ optional per-position context mask and a KV cache, and logits over the SID vocab
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 from typing import Any
 
 import torch
@@ -17,6 +20,23 @@ def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     out = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
     out.masked_fill_(~allowed, torch.finfo(dtype).min)
     return out[:, None]
+
+
+@functools.cache
+def _cache_kwarg(forward) -> str:
+    """The KV-cache keyword of a transformers ``forward``: ``cache`` since transformers 5.2x (the old
+    ``past_key_values`` warns and goes away in 5.40), ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+
+
+def run_with_cache(module: nn.Module, cache: Any, use_cache: bool, **kwargs: Any) -> tuple[Any, Any]:
+    """Call a transformers decoder stack with a KV cache under whichever name the installed version
+    uses; returns ``(output, new cache or None)``."""
+    out = module(**kwargs, use_cache=use_cache, **{_cache_kwarg(type(module).forward): cache})
+    if not use_cache:
+        return out, None
+    names = {f.name for f in dataclasses.fields(out)}
+    return out, getattr(out, "cache" if "cache" in names else "past_key_values")
 
 
 class Backbone(nn.Module):

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from components.generator.backbones.base import Backbone, additive_mask
+from components.generator.backbones.base import Backbone, additive_mask, run_with_cache
 from components.generator.heads.base import Context
 from components.generator.vocab import BOS, EOS, PAD, SIDVocab
 
@@ -115,8 +115,7 @@ class DecoderLMBackbone(Backbone):
                 allowed[:, :P, :P] &= hm
             mask = additive_mask(allowed, x.dtype if x.dtype != torch.bfloat16 else torch.float32)
         body = self.lm.get_decoder()
-        out = body(inputs_embeds=x, attention_mask=mask, position_ids=pos, past_key_values=state.get("cache"), use_cache=use_cache)
-        state["cache"] = out.past_key_values if use_cache else None
+        out, state["cache"] = run_with_cache(body, state.get("cache"), use_cache, inputs_embeds=x, attention_mask=mask, position_ids=pos)
         state["past_dec"] = past + q
         state["prefilled"] = True
         return out.last_hidden_state[:, -q:], state

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
-from components.generator.backbones.base import Backbone, additive_mask
+from components.generator.backbones.base import Backbone, additive_mask, run_with_cache
 from components.generator.heads.base import Context
 from components.generator.vocab import BOS, EOS, PAD, SIDVocab
 
@@ -63,11 +63,10 @@ class TigerBackbone(Backbone):
             enc_mask = ctx.mask.long()
         else:
             enc_mask = additive_mask(ctx.mask[:, None, :] & ctx_mask, embeds.dtype if embeds.is_floating_point() else torch.float32)
-        out = self.t5.get_decoder()(
+        out, state["cache"] = run_with_cache(
+            self.t5.get_decoder(), cache, use_cache,
             inputs_embeds=embeds, encoder_hidden_states=ctx.states, encoder_attention_mask=enc_mask,
-            past_key_values=cache, use_cache=use_cache,
         )
-        state["cache"] = out.past_key_values if use_cache else None
         return out.last_hidden_state, state
 
     def select(self, state: dict[str, Any], idx: torch.Tensor, context: bool = True) -> None:
