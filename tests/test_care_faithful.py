@@ -13,6 +13,7 @@ import pytest
 import torch
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
+from components.generator.backbones.base import run_with_cache
 from components.generator.heads.care import HISTORY_MASK_KEY, CareConfigError, CareHead
 from components.generator.vocab import BOS, PAD
 from tests.generator_helpers import random_sids, tiny_model
@@ -97,8 +98,8 @@ def t5_restricted_decode(m, segs, enc_rows):
     for s, seg in enumerate(segs):
         states, valid = enc_rows(s)
         cache = EncoderDecoderCache(self_cache, DynamicCache())  # fresh cross-attention keys per step
-        h = dec(inputs_embeds=seg, encoder_hidden_states=states, encoder_attention_mask=valid.long(), past_key_values=cache,
-                use_cache=True)
+        h, _ = run_with_cache(dec, cache, True, inputs_embeds=seg, encoder_hidden_states=states,
+                              encoder_attention_mask=valid.long())
         out.append(m.backbone.logits(h.last_hidden_state[:, -1]))
     return torch.stack(out, 1)
 
@@ -121,7 +122,7 @@ def gathered(states, hist):
 def lm_prompt_kv(m, tokens, positions):
     """Per-layer (keys, values) of a prompt [B, n] encoded by the LM with its standard causal mask."""
     cache = DynamicCache()
-    m.backbone.lm.get_decoder()(inputs_embeds=m.backbone.embed(tokens), position_ids=positions, past_key_values=cache, use_cache=True)
+    run_with_cache(m.backbone.lm.get_decoder(), cache, True, inputs_embeds=m.backbone.embed(tokens), position_ids=positions)
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 
@@ -140,7 +141,7 @@ def lm_restricted_decode(m, segs, P, prompt_kv):
             cache.update(k, v, i)
         q = seg.shape[1]
         pos = (P + past + torch.arange(q))[None].expand(seg.shape[0], -1)
-        h = body(inputs_embeds=seg, position_ids=pos, past_key_values=cache, use_cache=True).last_hidden_state
+        h = run_with_cache(body, cache, True, inputs_embeds=seg, position_ids=pos)[0].last_hidden_state
         past += q
         dec_kv = [(layer.keys[:, :, -past:], layer.values[:, :, -past:]) for layer in cache.layers]
         out.append(m.backbone.logits(h[:, -1]))

@@ -617,7 +617,7 @@ def test_loss_weights_lambda_item_user_kl_lan_are_applied(one_thread):
     l_item, l_user = head.alignment_losses(out.ctx, lan["h"], lan["valid"])
     kl = symmetric_kl(lan["logits"], out.logits, 0.9)
     ce = F.cross_entropy(lan["logits"].float().reshape(-1, lan["logits"].shape[-1]), t.reshape(-1))
-    assert float(l_item) > 0.05 and float(l_user) > 0.05 and float(kl) > 1e-4
+    assert l_item.item() > 0.05 and l_user.item() > 0.05 and kl.item() > 1e-4
     assert out.losses["genplugin.item"].item() == pytest.approx(0.3 * l_item.item(), rel=1e-5)
     assert out.losses["genplugin.user"].item() == pytest.approx(0.7 * l_user.item(), rel=1e-5)
     assert out.losses["genplugin.kl"].item() == pytest.approx(0.2 * kl.item(), rel=1e-5)
