@@ -3,7 +3,6 @@ optional per-position context mask and a KV cache, and logits over the SID vocab
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import inspect
 from typing import Any
@@ -32,11 +31,9 @@ def _cache_kwarg(forward) -> str:
 def run_with_cache(module: nn.Module, cache: Any, use_cache: bool, **kwargs: Any) -> tuple[Any, Any]:
     """Call a transformers decoder stack with a KV cache under whichever name the installed version
     uses; returns ``(output, new cache or None)``."""
-    out = module(**kwargs, use_cache=use_cache, **{_cache_kwarg(type(module).forward): cache})
-    if not use_cache:
-        return out, None
-    names = {f.name for f in dataclasses.fields(out)}
-    return out, getattr(out, "cache" if "cache" in names else "past_key_values")
+    kw = _cache_kwarg(type(module).forward)  # the output field carries the same name as the keyword
+    out = module(**kwargs, use_cache=use_cache, **{kw: cache})
+    return out, (getattr(out, kw) if use_cache else None)
 
 
 class Backbone(nn.Module):
