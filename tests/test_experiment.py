@@ -91,6 +91,11 @@ def test_repo_params_variants_are_valid():
     assert {"tiger", "tiger-crab", "tiger-rw", "tiger-care", "tiger-genplugin", "tiger-flexcode", "tiger-rqkmeans", "decoder-lm", "stacked",
             "popular", "sasrec", "sasrec-rr", "sasrec-rw"} <= set(ep.variants)
     assert ep.variants["tiger-crab"].init_from == "tiger" and ep.variants["tiger-crab"].codebook == "crab"
+    # the equal-budget control: the same parent, schedule and parameter set as the stacks it controls, on TIGER's own SIDs
+    cont = ep.variants["tiger-cont"]
+    assert cont.init_from == "tiger" and cont.codebook == "base" and not cont.generator.get("heads")
+    for v in ("crab-care", "stacked"):
+        assert ep.variants[v].init_from == cont.init_from and ep.variants[v].generator["finetune"] == cont.generator["finetune"]
 
 
 # ---- end to end on a tiny dataset (smoke preset) -----------------------------------------------------
