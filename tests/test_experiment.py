@@ -163,8 +163,14 @@ def test_experiment_run_seeds_resume_and_report(tmp_path, registry, synth, capsy
     hr = [per["2024"]["HR@5"], per["2025"]["HR@5"]]
     assert m["methods"]["tiger"]["HR@5"] == pytest.approx(np.mean(hr)) and m["std"]["tiger"]["HR@5"] == pytest.approx(np.std(hr, ddof=1))
     assert set(m["change_vs"]) == {"popular", "tiger-rw", "tiger-ft"} and "DGU@5" in m["change_vs"]["tiger-rw"]
+    # the paired per-user test on all users is the difference of the seed means (HR is a per-user mean, DGU a per-seed mean)
+    assert set(m["paired_vs"]) == {"popular", "tiger-rw", "tiger-ft"}
+    for key in ("HR@5", "NDCG@5", "DGU@5", "MGU@5"):
+        p = m["paired_vs"]["tiger-rw"][key]
+        assert p["delta"] == pytest.approx(m["methods"]["tiger-rw"][key] - m["methods"]["tiger"][key], abs=1e-9)
+        assert p["low"] <= p["delta"] <= p["high"] and p["n_users"] == per["2024"]["n"] and p["flag"] in ("sig", "n.s.")
     md = (out / "r.md").read_text()
-    assert "CRAB Table 1 layout" in md and "Change vs tiger" in md and "±" in md
+    assert "CRAB Table 1 layout" in md and "Change vs tiger" in md and "±" in md and "Paired per-user test vs tiger" in md
     for png in ("accuracy_bias.png", "exposure.png", "token_bias.png"):
         assert (out / "plots" / png).stat().st_size > 0
     assert len((out / "plots" / "accuracy_bias.csv").read_text().splitlines()) == 1 + 8

@@ -76,6 +76,7 @@ class EvaluationParams(Section):
     orr_top: int = Field(5, ge=1, description="ORR@K: share of slots taken by this many most-recommended items")
     token_groups: int = Field(8, ge=1, description="token popularity groups per SID level (CARE Fig. 1 uses 8)")
     token_k: int = Field(1, ge=1, description="token bias: SIDs of the top-k recommended items count as generated tokens")
+    bootstrap: int = Field(2000, ge=0, description="experiment report: paired per-user bootstrap resamples of each variant vs the reference (0 = skip the test)")
     codebook: str | None = Field(None, description="codebook ref for the token-level bias plot, e.g. codebook/industrial-rqkmeans@latest; null = skip")
     baselines: BaselinesParams = Field(default_factory=BaselinesParams, description="classical baselines trained and evaluated on the same split")
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
@@ -27,6 +27,7 @@ from components.evaluation.metrics import evaluate_topk
 from components.evaluation.rankings import load_split_rankings
 from components.evaluation.report import LOWER_IS_BETTER, RANKING_NOTE, TABLE_ROWS, _plt, _write_csv, plot_token_bias, scalar_metrics, write_report
 from components.experiment.aggregate import aggregate, change_vs, fmt_change, fmt_mean_std
+from components.experiment.paired import fmt_paired, paired_vs, per_user_stats
 from components.registry import ArtifactNotFound, Registry
 from components.registry.store import atomic_write_text
 
@@ -35,11 +36,19 @@ class ReportError(ValueError):
     """Nothing (or not enough) to report on."""
 
 
+class Collected(NamedTuple):
+    per_seed: dict[str, dict[int, dict[str, Any]]]        # variant -> seed -> metrics
+    runs: dict[str, dict[int, Any]]                      # variant -> seed -> rankings artifact
+    token_bias: dict[str, list[dict[str, Any]]]          # variant -> CARE Fig. 1 rows (first finished seed)
+    missing: list[str]                                   # runs not finished or stale
+    per_user: dict[str, dict[int, dict[str, np.ndarray]]]  # variant -> seed -> paired.per_user_stats @report_k
+    train_counts: np.ndarray                             # training count per item
+
+
 def collect(registry: Registry, experiment, variants: Sequence[str], seeds: Sequence[int], split: str, ev, allow_missing: bool = True):
     """Evaluate every finished (variant, seed) on ``split``: the latest rankings of each run whose
     ``run_key`` matches the current params and inputs (others are listed as missing or stale, never
-    mixed in). Returns ``(per_seed, runs, token_bias, missing)``: ``per_seed[variant][seed]`` =
-    metrics dict, ``runs[variant][seed]`` = rankings artifact."""
+    mixed in). Returns a :class:`Collected`."""
     from components.data.dataset import Dataset
     from components.tokenizer.codebook import Codebook
 
@@ -51,6 +60,7 @@ def collect(registry: Registry, experiment, variants: Sequence[str], seeds: Sequ
     runs: dict[str, dict[int, Any]] = {}
     token_bias: dict[str, list[dict[str, Any]]] = {}
     missing: list[str] = []
+    per_user: dict[str, dict[int, dict[str, np.ndarray]]] = {}
     codebooks: dict[str, Any] = {}
     for v in variants:
         for seed in seeds:
@@ -69,6 +79,7 @@ def collect(registry: Registry, experiment, variants: Sequence[str], seeds: Sequ
                                   f"(set generator.decode.max_samples: 0 and rank again)")
             m = evaluate_topk(topk, tgts, counts, ks=ev.ks, n_groups=ev.n_groups, head_fraction=ev.head_fraction, orr_top=ev.orr_top)
             per_seed.setdefault(v, {})[seed] = m
+            per_user.setdefault(v, {})[seed] = per_user_stats(topk, tgts, counts, ev.report_k, ev.n_groups)
             runs.setdefault(v, {})[seed] = art
             cb_ref = art.meta.get("codebook")
             if cb_ref and v not in token_bias:  # CARE Fig. 1 on the first finished seed
@@ -79,7 +90,7 @@ def collect(registry: Registry, experiment, variants: Sequence[str], seeds: Sequ
         raise ReportError(f"runs not finished: {missing}")
     if not per_seed:
         raise ReportError(f"no finished run among variants {list(variants)} x seeds {list(seeds)} (missing {missing[:6]}...)")
-    return per_seed, runs, token_bias, missing
+    return Collected(per_seed, runs, token_bias, missing, per_user, counts)
 
 
 def _training(registry: Registry, rankings_art) -> dict[str, Any]:
@@ -133,13 +144,17 @@ def plot_accuracy_bias(points: list[tuple[str, int, float, float]], k: int, path
 def write_experiment_report(registry: Registry, experiment, variants: Sequence[str], seeds: Sequence[int], *, ev, split: str,
                             metrics_path: str | Path, plots_dir: str | Path, report_path: str | Path, reference: str | None = None,
                             labels: dict[str, str] | None = None) -> dict[str, Path]:
-    per_seed, runs, token_bias, missing = collect(registry, experiment, variants, seeds, split, ev)
+    per_seed, runs, token_bias, missing, per_user, counts = collect(registry, experiment, variants, seeds, split, ev)
     k = ev.report_k
     names = [v for v in variants if v in per_seed]
     labels = {v: (labels or {}).get(v) or v for v in names}
     agg = {v: aggregate([per_seed[v][s] for s in sorted(per_seed[v])]) for v in names}
     ref = reference if reference in agg else None
     changes = change_vs(agg, ref, k) if ref else {}
+    paired = {}
+    if ref and ev.bootstrap > 0:
+        stats = {v: [per_user[v][s] for s in sorted(per_user[v])] for v in names}
+        paired = paired_vs(stats, ref, counts, k, ev.n_groups, n_resamples=ev.bootstrap)
     plots_dir, metrics_path, report_path = Path(plots_dir), Path(metrics_path), Path(report_path)
 
     means = {labels[v]: _mean_lists([per_seed[v][s] for s in sorted(per_seed[v])]) for v in names}
@@ -164,6 +179,7 @@ def write_experiment_report(registry: Registry, experiment, variants: Sequence[s
         "n_seeds": {labels[v]: len(per_seed[v]) for v in names},
         "per_seed": {labels[v]: {str(s): scalar_metrics(per_seed[v][s]) for s in sorted(per_seed[v])} for v in names},
         "change_vs": {labels[v]: c for v, c in changes.items()},
+        "paired_vs": {labels[v]: c for v, c in paired.items()},
         "token_bias": {m: {f"level{b['level'] + 1}": {"amp_top": b["amp_top"], "tv": b["tv"]} for b in t} for m, t in tb.items()},
         "runs": {labels[v]: {str(s): {"rankings": a.ref, **{x: a.meta.get(x) for x in ("train_seconds", "wall_seconds", "rank_seconds", "run_seconds")},
                                       **_training(registry, a)}
@@ -194,6 +210,17 @@ def write_experiment_report(registry: Registry, experiment, variants: Sequence[s
                "| Variant | " + " | ".join(cm) + " |", "| --- |" + " --- |" * len(cm)]
         for v, row in changes.items():
             md.append(f"| {labels[v]} | " + " | ".join(fmt_change(row.get(m)) for m in cm) + " |")
+        md.append("")
+    if paired:
+        pm = list(next(iter(paired.values())).keys())
+        first = next(iter(next(iter(paired.values())).values()))
+        md += [f"## Paired per-user test vs {labels[ref]} (test-set sampling error: seeds averaged, {first['n_resamples']:,} bootstrap "
+               f"resamples of the {first['n_users']:,} {split} users; relative change [95% interval]; n.s. = the interval includes 0)", "",
+               "A difference is beyond noise when both this test and the seed test above say so: the seed std is the model's noise, "
+               "this interval the noise of which users are in the split.", "",
+               "| Variant | " + " | ".join(pm) + " |", "| --- |" + " --- |" * len(pm)]
+        for v, row in paired.items():
+            md.append(f"| {labels[v]} | " + " | ".join(fmt_paired(row.get(m)) for m in pm) + " |")
         md.append("")
     md += ["## Accuracy at every cutoff (mean over seeds)", "", "| Metric | " + " | ".join(cols) + " |", "| --- |" + " --- |" * len(cols)]
     for name in ("HR", "NDCG"):
