@@ -5,12 +5,13 @@ Writes (paths are arguments; `dvc repro` uses ``metrics/evaluation.json``, ``plo
 
 - metrics JSON: ``methods`` (mean of each scalar metric per variant: what ``dvc metrics diff``
   compares), ``std``, ``n_seeds``, ``per_seed``, ``change_vs`` (relative change vs the reference
-  variant with the noise flag), ``token_bias`` (per generative variant and SID level);
+  variant with the noise flag), ``paired_vs`` (the paired per-user bootstrap vs the reference:
+  ``components.experiment.paired``), ``token_bias`` (per generative variant and SID level);
 - plots: ``exposure.{csv,png}``, ``head_tail.{csv,png}`` (means over seeds),
   ``token_bias.{csv,png}`` (CARE Fig. 1, every generative variant on its own codebook),
   ``accuracy_bias.{csv,png}`` (HR@K vs DGU@K, one point per variant and seed);
 - the markdown report: CRAB Table 1 layout with mean ± std, the change-vs-reference table, the
-  accuracy table at every cutoff, token-level bias, and each run's training cost.
+  paired per-user test, the accuracy table at every cutoff, token-level bias, and each run's training cost.
 """
 
 from __future__ import annotations
