@@ -89,12 +89,13 @@ def paired_bootstrap(variant: Sequence[dict[str, np.ndarray]], reference: Sequen
         raise ValueError(f"paired test: n_resamples must be >= 1, got {n_resamples}")
     h = np.asarray(history, dtype=np.float64)
     everyone = np.arange(n)
-    ref_all = float(variant_stat(reference, h, metric, everyone))
-    delta = float(variant_stat(variant, h, metric, everyone)) - ref_all
 
     def stat(idx: np.ndarray, axis: int = -1) -> np.ndarray:
         idx = np.moveaxis(np.asarray(idx), axis, -1)
         return variant_stat(variant, h, metric, idx) - variant_stat(reference, h, metric, idx)
+
+    ref_all = float(variant_stat(reference, h, metric, everyone))
+    delta = float(stat(everyone))
 
     res = bootstrap((everyone,), stat, n_resamples=n_resamples, confidence_level=confidence, method="percentile", vectorized=True,
                     batch=max(1, min(n_resamples, 4_000_000 // max(n, 1))), rng=np.random.default_rng(seed))
